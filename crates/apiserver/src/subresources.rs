@@ -1,0 +1,222 @@
+//! Subresources with their own shape: `scale`, `pods/binding`, `pods/eviction`, and the node
+//! proxies (`log`, `exec`, `attach`, `portforward`).
+
+use api::catalogue::{self, Resource};
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::codec::{self, ResponseShape};
+use crate::error::{ApiError, ApiResult, Details};
+use crate::handlers::{PatchType, respond};
+use crate::request::Query;
+use crate::rest::{self, DeleteOptions, SharedState, UpdateKind, WriteOptions};
+use crate::object;
+
+/// The `autoscaling/v1 Scale` view of an object with `spec.replicas`.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .map(|s| {
+            // ReplicationController selectors are plain maps; the others are LabelSelectors.
+            if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() {
+                api::selectors::from_label_selector_json(s).map(|l| l.to_string()).unwrap_or_default()
+            } else {
+                s.as_object()
+                    .map(|m| {
+                        let mut pairs: Vec<String> =
+                            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+                        pairs.sort();
+                        pairs.join(",")
+                    })
+                    .unwrap_or_default()
+            }
+        })
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn scale(
+    state: &SharedState,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    match *method {
+        Method::GET => {
+            let (obj, _) = rest::get_object(state, res, ns, name).await?;
+            Ok(respond(StatusCode::OK, &scale_of(&obj), ResponseShape::Object, &[]))
+        }
+        Method::PUT | Method::PATCH => {
+            let raw = codec::read_body(body).await?;
+            let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..WriteOptions::from_query(q)? };
+            let patch_type = if *method == Method::PATCH {
+                let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                Some(PatchType::from_content_type(ct)?)
+            } else {
+                None
+            };
+            let body_value: Option<Value> = match patch_type {
+                Some(PatchType::Json) => None,
+                Some(PatchType::Apply) => Some(codec::decode_yaml(&raw)?),
+                _ => Some(serde_json::from_slice(&raw).map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}")))?),
+            };
+            let scale_def = api::schema::definition_for_gvk("autoscaling", "v1", "Scale");
+            let (obj, _) = rest::update(state, res, ns, name, UpdateKind::Main, &opts, |cur| {
+                let current_scale = scale_of(cur);
+                let new_scale = match (patch_type, &body_value) {
+                    (None, Some(b)) => b.clone(),
+                    (Some(PatchType::Json), _) => api::patch::json_patch(&current_scale, &raw).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
+                    (Some(PatchType::Merge), Some(p)) => api::patch::merge_patch(&current_scale, p).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
+                    (Some(_), Some(p)) => api::patch::strategic_merge_patch(&current_scale, p, scale_def)
+                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
+                    _ => return Err(ApiError::bad_request("empty request body")),
+                };
+                let replicas = match new_scale.pointer("/spec/replicas") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => v.as_i64().filter(|r| *r >= 0 && *r <= i32::MAX as i64).ok_or_else(|| {
+                        ApiError::new(422, "Invalid", format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {v}: must be greater than or equal to 0"))
+                    })?,
+                };
+                let mut next = cur.clone();
+                next["spec"]["replicas"] = json!(replicas);
+                // A resourceVersion in a PUT Scale is a precondition on the object.
+                match new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|_| patch_type.is_none()) {
+                    Some(rv) => {
+                        object::set_resource_version(&mut next, rv.parse().unwrap_or(-1));
+                    }
+                    None => {
+                        if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+                            m.remove("resourceVersion");
+                        }
+                    }
+                }
+                Ok((next, None))
+            })
+            .await?;
+            Ok(respond(StatusCode::OK, &scale_of(&obj), ResponseShape::Object, &[]))
+        }
+        _ => Err(ApiError::method_not_allowed("the server does not allow this method on the scale subresource")),
+    }
+}
+
+/// `POST pods/<name>/binding`: sets `spec.nodeName` once (upstream's `BindingREST`).
+pub async fn binding(state: &SharedState, res: &'static Resource, ns: Option<&str>, name: &str, q: &Query, headers: &HeaderMap, body: Body) -> ApiResult<Response> {
+    let format = rest::body_format(headers)?;
+    let raw = codec::read_body(body).await?;
+    let binding = codec::decode_object(format, &raw)?;
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")))?
+        .to_string();
+    let opts = WriteOptions::from_query(q)?;
+    let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..opts };
+    rest::update(state, res, ns, name, UpdateKind::Main, &opts, |cur| {
+        if object::deletion_timestamp(cur).is_some() {
+            return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));
+        }
+        if let Some(existing) = cur.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node \"{existing}\"")));
+        }
+        let mut next = cur.clone();
+        next["spec"]["nodeName"] = json!(node);
+        if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        Ok((next, None))
+    })
+    .await?;
+    // The PodScheduled condition lives in status: set it through the status path.
+    rest::update(state, res, ns, name, UpdateKind::Status, &opts, |cur| {
+        let mut next = cur.clone();
+        let now = object::now_rfc3339();
+        let mut conditions: Vec<Value> = cur.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+        next["status"]["conditions"] = json!(conditions);
+        if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        Ok((next, None))
+    })
+    .await?;
+    Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), ResponseShape::Object, &[]))
+}
+
+/// `POST pods/<name>/eviction`: deletes the pod unless a PodDisruptionBudget forbids it.
+pub async fn eviction(state: &SharedState, res: &'static Resource, ns: Option<&str>, name: &str, headers: &HeaderMap, body: Body) -> ApiResult<Response> {
+    let format = rest::body_format(headers)?;
+    let raw = codec::read_body(body).await?;
+    let eviction = codec::decode_object(format, &raw)?;
+    let (pod, _) = rest::get_object(state, res, ns, name).await?;
+    // Terminal pods can always be evicted (upstream: no disruption to count).
+    let terminal = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    if !terminal {
+        if let Some(pdb) = catalogue::find("policy", "v1", "poddisruptionbudgets") {
+            let (pdbs, _, _) = rest::list(state, pdb, ns, &Query::default()).await?;
+            let labels = object::labels(&pod);
+            for b in pdbs {
+                let Some(sel) = b.pointer("/spec/selector") else { continue };
+                let Ok(sel) = api::selectors::from_label_selector_json(sel) else { continue };
+                if !sel.matches(&labels) {
+                    continue;
+                }
+                let allowed = b.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+                if allowed <= 0 {
+                    return Err(ApiError::new(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    )
+                    .with_details(Details {
+                        causes: vec![json!({"reason": "DisruptionBudget", "message": format!("The disruption budget {} needs {} healthy pods and has {} currently", object::name(&b).unwrap_or_default(), b.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0), b.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0))})],
+                        ..Default::default()
+                    }));
+                }
+            }
+        }
+    }
+    let mut opts = DeleteOptions::default();
+    if let Some(d) = eviction.get("deleteOptions") {
+        let q = Query::default();
+        opts = DeleteOptions::parse(&q, serde_json::to_vec(d).unwrap_or_default().as_slice())?;
+    }
+    rest::delete(state, res, ns, name, &opts).await?;
+    Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), ResponseShape::Object, &[]))
+}
+
+/// `log`, `exec`, `attach`, `portforward` are served by the pod's node. Until the node's
+/// kubelet server is reachable these answer with what is missing.
+pub async fn node_proxy(state: &SharedState, res: &'static Resource, ns: Option<&str>, name: &str, sub: &str) -> ApiResult<Response> {
+    let (pod, _) = rest::get_object(state, res, ns, name).await?;
+    match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        None => Err(ApiError::bad_request(format!("pod {name} does not have a host assigned"))),
+        Some(node) => Err(ApiError::unavailable(format!(
+            "cannot serve pods/{sub} for pod {name}: the kubelet endpoint of node {node} is not reachable from this server"
+        ))),
+    }
+}

@@ -1,0 +1,303 @@
+//! The watch cache: one store watch, fanned out in memory to every API watcher.
+//!
+//! Like upstream's `cacher`, the server keeps one watch on `/registry/` and a window of recent
+//! events, decoded once and shared (`Arc`). A client watch from a resourceVersion inside the
+//! window is served from memory; an older one falls back to a watch on the store itself, which
+//! replays its history or answers 410 Expired when that history was compacted.
+//!
+//! States of the feeding task (`run`): `Following` the store watch; on a broken stream it
+//! `Reconnecting`s from the last revision it saw; on `Compacted` (it fell behind history) it
+//! restarts the window at the store's current revision, so older watchers fall back to the store.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use store::{EventKind, Revision, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::object;
+
+/// The watch event types of the Kubernetes watch protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchEventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl WatchEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventType::Added => "ADDED",
+            WatchEventType::Modified => "MODIFIED",
+            WatchEventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, decoded once and shared by every watcher.
+#[derive(Debug)]
+pub struct CachedEvent {
+    pub event_type: WatchEventType,
+    pub key: String,
+    pub revision: Revision,
+    /// The object after the change; for a delete, its last state with the delete's revision.
+    pub object: Arc<Value>,
+    /// The object before the change (None when created).
+    pub prev: Option<Arc<Value>>,
+    json: OnceLock<Bytes>,
+}
+
+impl CachedEvent {
+    /// The object serialized once, shared by all watchers that want plain JSON.
+    pub fn object_json(&self) -> Bytes {
+        self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default())).clone()
+    }
+
+    /// Decodes a store event. Returns None for values that are not JSON objects (never written
+    /// by this server; skipped rather than breaking every watcher).
+    pub fn from_store(ev: store::Event) -> Option<CachedEvent> {
+        let decode = |kv: &store::KeyValue, rev: Revision| -> Option<Value> {
+            let mut v: Value = serde_json::from_slice(&kv.value).ok()?;
+            if !v.is_object() {
+                return None;
+            }
+            object::set_resource_version(&mut v, rev);
+            Some(v)
+        };
+        let prev = ev.prev_kv.as_ref().and_then(|p| decode(p, p.mod_revision)).map(Arc::new);
+        let (event_type, object) = match ev.kind {
+            EventKind::Put => {
+                let t = if ev.prev_kv.is_some() { WatchEventType::Modified } else { WatchEventType::Added };
+                (t, decode(&ev.kv, ev.kv.mod_revision)?)
+            }
+            EventKind::Delete => {
+                let p = ev.prev_kv.as_ref()?;
+                (WatchEventType::Deleted, decode(p, ev.kv.mod_revision)?)
+            }
+        };
+        Some(CachedEvent {
+            event_type,
+            key: ev.kv.key,
+            revision: ev.kv.mod_revision,
+            object: Arc::new(object),
+            prev,
+            json: OnceLock::new(),
+        })
+    }
+}
+
+struct Window {
+    events: VecDeque<Arc<CachedEvent>>,
+    /// Watches from any revision `>= start` can be served from `events`.
+    start: Revision,
+    latest: Revision,
+}
+
+/// Where a watcher's events come from.
+pub enum Subscription {
+    /// From memory; poll with [`WatchCache::events_after`].
+    Cache,
+    /// From the store (the revision is older than the window).
+    Store(store::WatchStream),
+}
+
+pub struct WatchCache {
+    window: Mutex<Window>,
+    latest_tx: tokio::sync::watch::Sender<Revision>,
+    capacity: usize,
+}
+
+impl WatchCache {
+    /// A cache whose window starts at `start` (the store revision when the server started).
+    pub fn new(start: Revision, capacity: usize) -> Arc<WatchCache> {
+        let (latest_tx, _) = tokio::sync::watch::channel(start);
+        Arc::new(WatchCache {
+            window: Mutex::new(Window { events: VecDeque::with_capacity(1024), start, latest: start }),
+            latest_tx,
+            capacity,
+        })
+    }
+
+    pub fn latest(&self) -> Revision {
+        self.lock().latest
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        // A poisoned lock only means a watcher panicked mid-copy; the window itself is intact.
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn latest_receiver(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.latest_tx.subscribe()
+    }
+
+    /// Serves a watch for events after `after` from memory when the window covers it.
+    pub async fn subscribe(&self, store: &Arc<dyn Store>, after: Revision) -> Result<Subscription, StoreError> {
+        let start = self.lock().start;
+        if after >= start {
+            Ok(Subscription::Cache)
+        } else {
+            Ok(Subscription::Store(store.watch("/registry/", after + 1).await?))
+        }
+    }
+
+    /// Events with revision `> after`, at most `max`, oldest first, and the cache's latest
+    /// revision at the same instant (when no events are returned, everything up to it has been
+    /// seen, so a bookmark may carry it). `None` means `after` fell out of the window while the
+    /// watcher was slow: the watch must end with 410 Expired.
+    pub fn events_after(&self, after: Revision, max: usize) -> Option<(Vec<Arc<CachedEvent>>, Revision)> {
+        let w = self.lock();
+        if after < w.start {
+            return None;
+        }
+        // Events are in revision order: binary search for the first one after `after`.
+        let idx = w.events.partition_point(|e| e.revision <= after);
+        Some((w.events.iter().skip(idx).take(max).cloned().collect(), w.latest))
+    }
+
+    fn push(&self, ev: CachedEvent) {
+        let rev = ev.revision;
+        {
+            let mut w = self.lock();
+            if rev <= w.latest {
+                return; // a duplicate after a reconnect
+            }
+            w.events.push_back(Arc::new(ev));
+            while w.events.len() > self.capacity {
+                if let Some(old) = w.events.pop_front() {
+                    w.start = old.revision;
+                }
+            }
+            w.latest = rev;
+        }
+        self.latest_tx.send_replace(rev);
+    }
+
+    /// Moves the window to `rev` with no events (after the feed fell behind compaction).
+    fn reset(&self, rev: Revision) {
+        {
+            let mut w = self.lock();
+            w.events.clear();
+            w.start = rev;
+            w.latest = rev;
+        }
+        self.latest_tx.send_replace(rev);
+    }
+
+    /// Feeds the cache from the store until cancelled.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let from = self.latest() + 1;
+            let stream = tokio::select! {
+                _ = cancel.cancelled() => return,
+                s = store.watch("/registry/", from) => s,
+            };
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(StoreError::Compacted { .. }) => {
+                    self.resync(&store).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache: store watch failed; retrying");
+                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = stream.next() => n,
+                };
+                match next {
+                    Some(Ok(ev)) => {
+                        let rev = ev.kv.mod_revision;
+                        match CachedEvent::from_store(ev) {
+                            Some(ce) => self.push(ce),
+                            None => {
+                                tracing::warn!(revision = rev, "watch cache: skipping an undecodable value");
+                                // Keep the revision moving so bookmarks stay truthful.
+                                let mut w = self.lock();
+                                w.latest = w.latest.max(rev);
+                            }
+                        }
+                    }
+                    Some(Err(StoreError::Compacted { .. })) => {
+                        tracing::warn!("watch cache fell behind compaction; restarting its window");
+                        self.resync(&store).await;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watch cache: store watch broke; reconnecting");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    async fn resync(&self, store: &Arc<dyn Store>) {
+        match store.current_revision().await {
+            Ok(rev) => self.reset(rev),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch cache: cannot read the current revision");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::{Event, KeyValue};
+
+    fn put(key: &str, rev: Revision, prev: bool) -> Event {
+        let kv = |r| KeyValue {
+            key: key.into(),
+            value: Bytes::from(format!("{{\"metadata\":{{\"name\":\"{key}\"}},\"r\":{r}}}")),
+            create_revision: 1,
+            mod_revision: r,
+        };
+        Event { kind: EventKind::Put, kv: kv(rev), prev_kv: prev.then(|| kv(rev - 1)) }
+    }
+
+    #[test]
+    fn window_serves_events_after_a_revision_and_expires_old_ones() {
+        let cache = WatchCache::new(10, 3);
+        for r in 11..=15 {
+            cache.push(CachedEvent::from_store(put("/registry/a", r, r > 11)).expect("decodes"));
+        }
+        // Capacity 3 keeps 13..=15: a watcher after 12 is served; after 11 has expired.
+        let (evs, latest) = cache.events_after(12, 100).expect("in window");
+        assert_eq!(latest, 15);
+        assert_eq!(evs.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![13, 14, 15]);
+        assert!(cache.events_after(11, 100).is_none());
+        assert_eq!(evs[0].event_type, WatchEventType::Modified);
+        assert_eq!(evs[0].object["metadata"]["resourceVersion"], "13");
+        assert!(cache.events_after(15, 100).expect("in window").0.is_empty());
+    }
+
+    #[test]
+    fn delete_events_carry_the_last_state_at_the_delete_revision() {
+        let kv = KeyValue { key: "/registry/a".into(), value: Bytes::new(), create_revision: 1, mod_revision: 9 };
+        let prev = KeyValue {
+            key: "/registry/a".into(),
+            value: Bytes::from_static(b"{\"metadata\":{\"name\":\"a\"}}"),
+            create_revision: 1,
+            mod_revision: 5,
+        };
+        let ce = CachedEvent::from_store(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev) }).expect("decodes");
+        assert_eq!(ce.event_type, WatchEventType::Deleted);
+        assert_eq!(ce.object["metadata"]["resourceVersion"], "9");
+    }
+}

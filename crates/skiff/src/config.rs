@@ -1,0 +1,182 @@
+//! Flags, then a validated config (ripgrep's LowArgs → HiArgs; k3s's flag checks).
+//! Every rejection names the flag and says what would be accepted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about = "A Kubernetes-compatible cluster in one binary")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a whole cluster on this machine: datastore and API server.
+    Server(ServerFlags),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerFlags {
+    /// Where Skiff keeps its state (the SQLite datastore, the admin kubeconfig).
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+    pub data_dir: PathBuf,
+    /// Address the API server listens on. Plain HTTP is allowed only on loopback.
+    #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:6443")]
+    pub listen: String,
+    /// Use an external datastore instead of the embedded SQLite: `http://HOST:2379` (etcd;
+    /// several comma-separated endpoints allowed), or `memory` (nothing is persisted; tests only).
+    #[arg(long, env = "SKIFF_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+    /// How much store history is kept for watches and consistent paging, e.g. 5m, 30s, 1h.
+    #[arg(long, default_value = "5m")]
+    pub history_retention: String,
+    /// Log level or filter (tracing-subscriber syntax); SKIFF_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Async worker threads (default: one per core, at least 2).
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
+}
+
+/// A server configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub backend: store::Backend,
+    pub store: store::StoreConfig,
+    pub log_level: String,
+    pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    pub fn from_flags(f: ServerFlags) -> Result<ServerConfig, String> {
+        let listen: SocketAddr = f.listen.parse().map_err(|_| {
+            format!("--listen {:?} is not an address; use IP:PORT, e.g. 127.0.0.1:6443", f.listen)
+        })?;
+        if !listen.ip().is_loopback() {
+            return Err(format!(
+                "--listen {listen}: plain HTTP is only allowed on a loopback address (127.0.0.1 or [::1]) until TLS is configured; \
+                 use --listen 127.0.0.1:{}",
+                listen.port()
+            ));
+        }
+        if f.data_dir.as_os_str().is_empty() {
+            return Err("--data-dir must not be empty".into());
+        }
+        let backend = match f.datastore_endpoint.as_deref().map(str::trim) {
+            None | Some("") => store::Backend::Sqlite { path: f.data_dir.join("db").join("state.db") },
+            Some("memory") => store::Backend::Memory,
+            Some(ep) => {
+                let endpoints: Vec<String> = ep.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                for e in &endpoints {
+                    let rest = e.strip_prefix("http://").ok_or_else(|| {
+                        format!("--datastore-endpoint {e:?}: only http://HOST:PORT etcd endpoints are supported (or \"memory\")")
+                    })?;
+                    if !rest.contains(':') || rest.ends_with(':') {
+                        return Err(format!("--datastore-endpoint {e:?}: missing the port, e.g. http://127.0.0.1:2379"));
+                    }
+                }
+                store::Backend::Etcd { endpoints }
+            }
+        };
+        let history_retention = parse_duration(&f.history_retention)
+            .map_err(|e| format!("--history-retention {:?}: {e}", f.history_retention))?;
+        if history_retention < Duration::from_secs(10) {
+            return Err(format!("--history-retention {:?}: must be at least 10s", f.history_retention));
+        }
+        let worker_threads = match f.worker_threads {
+            Some(0) => return Err("--worker-threads must be at least 1".into()),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+        };
+        Ok(ServerConfig {
+            data_dir: f.data_dir,
+            listen,
+            backend,
+            store: store::StoreConfig { history_retention, ..Default::default() },
+            log_level: f.log_level,
+            worker_threads,
+        })
+    }
+
+    pub fn backend_description(&self) -> String {
+        match &self.backend {
+            store::Backend::Memory => "memory (not persisted)".into(),
+            store::Backend::Sqlite { path } => format!("sqlite {}", path.display()),
+            store::Backend::Etcd { endpoints } => format!("etcd {}", endpoints.join(",")),
+        }
+    }
+}
+
+/// `90s`, `5m`, `1h`, `1h30m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| "expected a duration like 30s, 5m or 1h".to_string())?;
+        num.clear();
+        total += match c {
+            's' => n,
+            'm' => n * 60,
+            'h' => n * 3600,
+            _ => return Err(format!("unknown unit {c:?}; use s, m or h")),
+        };
+    }
+    if !num.is_empty() {
+        return Err("a number needs a unit (s, m or h)".into());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(listen: &str, ds: Option<&str>) -> ServerFlags {
+        ServerFlags {
+            data_dir: "/tmp/x".into(),
+            listen: listen.into(),
+            datastore_endpoint: ds.map(String::from),
+            history_retention: "5m".into(),
+            log_level: "info".into(),
+            worker_threads: None,
+        }
+    }
+
+    #[test]
+    fn refuses_plain_http_off_loopback() {
+        let e = ServerConfig::from_flags(flags("0.0.0.0:6443", None)).expect_err("refused");
+        assert!(e.contains("--listen") && e.contains("loopback"), "{e}");
+        assert!(ServerConfig::from_flags(flags("127.0.0.1:0", None)).is_ok());
+        assert!(ServerConfig::from_flags(flags("nonsense", None)).expect_err("bad").contains("--listen"));
+    }
+
+    #[test]
+    fn datastore_endpoints_are_checked() {
+        let c = ServerConfig::from_flags(flags("127.0.0.1:0", Some("http://127.0.0.1:2379"))).expect("ok");
+        assert_eq!(c.backend, store::Backend::Etcd { endpoints: vec!["http://127.0.0.1:2379".into()] });
+        let e = ServerConfig::from_flags(flags("127.0.0.1:0", Some("https://x:1"))).expect_err("bad scheme");
+        assert!(e.contains("--datastore-endpoint"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5x").is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! `skiff`: the one binary. Wiring only — each subcommand parses flags, validates them into a
+//! config that cannot hold an invalid state, and starts the components from the library crates.
+//!
+//! * `server`: the store and the API server (more components join in later issues).
+
+mod config;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Cli, Command, ServerConfig};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(flags) => {
+            let config = match ServerConfig::from_flags(flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("skiff server: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            init_tracing(&config.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("skiff server: cannot start the async runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run_server(config)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("skiff server: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create --data-dir {}", config.data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    let store = store::open(&config.backend, &config.store)
+        .await
+        .with_context(|| format!("cannot open the datastore ({})", config.backend_description()))?;
+    let compactor = store::spawn_compactor(store.clone(), &config.store, shutdown.clone());
+
+    let server = apiserver::ApiServer::bind(
+        apiserver::ApiServerConfig { listen: config.listen, watch_cache_events: 10_000 },
+        store.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
+    let addr = server.local_addr()?;
+    let kubeconfig = config.data_dir.join("kubeconfig.yaml");
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
+    tracing::info!(
+        address = %addr,
+        datastore = %config.backend_description(),
+        kubeconfig = %kubeconfig.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "skiff server is listening; use: export KUBECONFIG={}",
+        kubeconfig.display()
+    );
+
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let result = server.serve().await;
+    shutdown.cancel();
+    signals.abort();
+    let _ = compactor.await;
+    drop(store);
+    tracing::info!("skiff server stopped");
+    result.context("the API server failed")
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
+
+/// The admin kubeconfig. Plain HTTP on loopback only (TLS and authentication come later).
+fn write_kubeconfig(path: &Path, server: &str) -> anyhow::Result<()> {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n    namespace: default\ncurrent-context: skiff\nusers:\n- name: admin\n  user: {{}}\npreferences: {{}}\n"
+    );
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

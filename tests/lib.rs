@@ -1,0 +1,305 @@
+//! End-to-end test support: start the real `skiff` binary on a free loopback port with a temp
+//! data dir, and drive it with the real kubectl (1.33 and 1.32).
+//!
+//! * [`Server`]: one `skiff server` process; dropped → SIGTERM, then SIGKILL by PID if it hangs.
+//! * [`Kubectl`]: a pinned kubectl version with its own kubeconfig and discovery cache.
+//!
+//! The binary is found at `$SKIFF_BIN`, else `target/debug/skiff` of this workspace (the test
+//! command builds it first).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kubectl versions every kubectl test runs with.
+pub const KUBECTL_VERSIONS: &[&str] = &["1.33", "1.32"];
+
+pub fn skiff_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SKIFF_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("debug").join("skiff");
+    assert!(
+        bin.exists(),
+        "the skiff binary is not built at {}: run `cargo build -p skiff` first (or set SKIFF_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `skiff server`.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server with the embedded SQLite store on a free loopback port.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let dir = tempfile::Builder::new().prefix("skiff-e2e-").tempdir().expect("temp dir");
+        let mut s = Server {
+            child: None,
+            kubeconfig: dir.path().join("data").join("kubeconfig.yaml"),
+            dir,
+            url: String::new(),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts (or restarts) the process and waits until `/readyz` says ok.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let child = Command::new(skiff_bin())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn skiff server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "skiff server did not become ready; log:\n{}", self.log());
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("skiff server exited early ({status}); log:\n{}", self.log());
+                }
+            }
+            if let Ok(text) = std::fs::read_to_string(&self.kubeconfig) {
+                if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("server:")) {
+                    self.url = line.trim_start().trim_start_matches("server:").trim().to_string();
+                    if http_get(&format!("{}/readyz", self.url)).map(|(c, _)| c == 200).unwrap_or(false) {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash: nothing is flushed or closed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn kubectl(&self, version: &str) -> Kubectl {
+        Kubectl::new(self, version)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The output of one command.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Output {
+        assert!(self.status.success(), "command failed ({}):\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        self
+    }
+
+    pub fn fail(self) -> Output {
+        assert!(!self.status.success(), "command unexpectedly succeeded:\nstdout:\n{}", self.stdout);
+        self
+    }
+}
+
+/// One pinned kubectl version pointed at a server.
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    home: PathBuf,
+    pub version: String,
+}
+
+impl Kubectl {
+    pub fn new(server: &Server, version: &str) -> Kubectl {
+        let bin = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}"));
+        assert!(bin.exists(), "kubectl {version} is not installed at {}", bin.display());
+        let home = server.dir.path().join(format!("home-{version}"));
+        std::fs::create_dir_all(&home).expect("home");
+        Kubectl { bin, kubeconfig: server.kubeconfig.clone(), home, version: version.into() }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.home.join("cache"))
+            .args(args)
+            .env("HOME", &self.home)
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run kubectl");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `kubectl apply -f -` style: writes `manifest` to a file and runs with `-f FILE`.
+    pub fn with_file(&self, name: &str, manifest: &str) -> PathBuf {
+        let p = self.home.join(name);
+        std::fs::write(&p, manifest).expect("write manifest");
+        p
+    }
+
+    /// Starts a long-running kubectl (e.g. `get -w`) whose stdout lines arrive on a channel.
+    pub fn spawn_lines(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn kubectl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+/// Waits for a line containing all `needles` on `rx`.
+pub fn expect_line(rx: &std::sync::mpsc::Receiver<String>, needles: &[&str], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if needles.iter().all(|n| line.contains(n)) {
+                    return line;
+                }
+                seen.push(line);
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {needles:?} within {within:?}; saw:\n{}", seen.join("\n"));
+}
+
+/// A tiny blocking HTTP client for raw API requests (bad-input tests, crash tests).
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", url, None, &[])
+}
+
+pub fn http_request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| std::io::Error::other("http only"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    if let Some(b) = body {
+        // A server may answer (413) and close before reading a huge body.
+        let _ = s.write_all(b);
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad response: {text:.200}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Ok((code, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else { break };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
