@@ -10,8 +10,12 @@
 //!   `volumeID` vs `volumeId`), which proto fields Go inlines into their parent (`Volume` holds a
 //!   `VolumeSource` on the wire but its members in JSON), and the `x-kubernetes-group-version-kind`
 //!   of each top-level type;
-//! * `src/protobuf/omitempty_fields.txt`: the non-pointer `omitempty` Go fields whose zero value
-//!   is on the wire but not in the JSON form.
+//! * a rule for Go's `omitempty`: kubectl's gogo-protobuf encoder writes every non-pointer
+//!   field, so optional fields arrive as "", 0 or false where the JSON form has no field. An
+//!   optional scalar holding its zero value is dropped, except the pointer fields whose zero was
+//!   set on purpose and differs from leaving the field out (`replicas: 0`,
+//!   `automountServiceAccountToken: false`, `ttlSecondsAfterFinished: 0`): those are listed by
+//!   name below. Required fields always keep their value.
 //!
 //! Output: `$OUT_DIR/protobuf_schema.rs`, Rust statics (`MESSAGES`, `KINDS`) built from the types
 //! in `src/protobuf/schema.rs`; only the messages reachable from a top-level kind are kept.
@@ -22,11 +26,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SPEC_RELATIVE: &str = "shared/k8s/openapi-v2-v1.33.json";
-const OMITEMPTY_FIELDS: &str = include_str!("src/protobuf/omitempty_fields.txt");
+/// Optional pointer fields (by JSON name) whose zero value ("", 0, false) means something other
+/// than "unset" — a default that is not zero, or zero as an explicit choice — so a zero on the
+/// wire must reach the JSON form. `storageClassName: ""` asks for no class at all.
+const MEANINGFUL_ZERO_FIELDS: &[&str] = &[
+    "activeDeadlineSeconds", "allocateLoadBalancerNodePorts", "allowPrivilegeEscalation",
+    "automountServiceAccountToken", "backoffLimit", "backoffLimitPerIndex", "completions",
+    "defaultMode", "enableServiceLinks", "expirationSeconds", "failedJobsHistoryLimit",
+    "fsGroup", "hostUsers", "immutable", "leaseDurationSeconds", "leaseTransitions",
+    "maxFailedIndexes", "minDomains", "mode", "optional", "parallelism", "privileged",
+    "progressDeadlineSeconds", "ready", "readOnlyRootFilesystem", "replicas",
+    "revisionHistoryLimit", "runAsGroup", "runAsNonRoot", "runAsUser", "serving",
+    "setHostnameAsFQDN", "shareProcessNamespace", "startingDeadlineSeconds", "storageClassName",
+    "successfulJobsHistoryLimit", "suspend", "terminating", "terminationGracePeriodSeconds",
+    "timeoutSeconds", "tolerationSeconds", "ttlSecondsAfterFinished", "priority",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/protobuf/omitempty_fields.txt");
     println!("cargo:rerun-if-env-changed=SKIFF_OPENAPI_SPEC");
     if let Err(message) = run() {
         // A build script has no caller to hand an error to: stop the build with the reason.
@@ -52,13 +69,7 @@ fn run() -> Result<(), String> {
 
     let mut structs = Vec::new();
     parse_crate(&k8s_pb_src, &k8s_pb_src, &mut structs)?;
-    let omitempty: BTreeSet<(&str, &str)> = OMITEMPTY_FIELDS
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' '))
-        .collect();
-
-    let table = Table::build(&structs, definitions, &omitempty)?;
+    let table = Table::build(&structs, definitions)?;
     let out = PathBuf::from(env("OUT_DIR")?).join("protobuf_schema.rs");
     std::fs::write(&out, table.render()).map_err(|e| format!("writing {}: {e}", out.display()))
 }
@@ -440,7 +451,6 @@ impl Table {
     fn build(
         structs: &[PbStruct],
         definitions: &serde_json::Map<String, serde_json::Value>,
-        omitempty: &BTreeSet<(&str, &str)>,
     ) -> Result<Table, String> {
         // k8s-pb path → struct, and definition name (with the OpenAPI spelling when prost
         // re-cased it: `JsonSchemaProps` is `JSONSchemaProps`).
@@ -617,8 +627,15 @@ impl Table {
                         "Single"
                     };
                     let scalar = f.kind != "message" && f.map_value.is_none() && !f.repeated;
-                    let omit_zero =
-                        scalar && omitempty.contains(&(definition.as_str(), json.as_str()));
+                    let required = definitions
+                        .get(definition.as_str())
+                        .and_then(|d| d.get("required"))
+                        .and_then(|r| r.as_array())
+                        .is_some_and(|r| r.iter().any(|n| n.as_str() == Some(json.as_str())));
+                    // Status types hold observed counts, never user choices: zero is omitted there.
+                    let meaningful = MEANINGFUL_ZERO_FIELDS.contains(&json.as_str())
+                        && !definition.ends_with("Status");
+                    let omit_zero = scalar && !required && !meaningful;
                     fields.push((
                         f.tag,
                         format!(

@@ -83,6 +83,8 @@ fn bad_input_gets_a_4xx_status_naming_the_problem() {
     let (c, b) = send(&s, "GET", &format!("{CM}?labelSelector=a%20in%20(b"), b"", "application/json");
     assert_eq!(c, 400, "{b}");
     let (c, b) = send(&s, "GET", &format!("{CM}?fieldSelector=spec.nope%3Dx"), b"", "application/json");
+    assert_status(c, &b, 400, "BadRequest", "is not a known field selector");
+    let (c, b) = send(&s, "GET", &format!("/api/v1/pods?fieldSelector=spec.nope%3Dx"), b"", "application/json");
     assert_status(c, &b, 400, "BadRequest", "field label not supported");
     assert!(s.log().lines().all(|l| !l.contains("panicked")), "server log has a panic:\n{}", s.log());
 }
@@ -111,8 +113,9 @@ fn discovery_openapi_health_and_metrics() {
     let (c, body) = http_get(&format!("{}/openapi/v2", s.url)).expect("openapi v2");
     assert_eq!(c, 200);
     assert!(body.contains("\"swagger\""));
+    http_get(&format!("{}{CM}", s.url)).expect("list");
     let (_, metrics) = http_get(&format!("{}/metrics", s.url)).expect("metrics");
-    assert!(metrics.contains("apiserver_request_total"), "{metrics}");
+    assert!(metrics.contains("apiserver_request_total{verb=\"LIST\",resource=\"configmaps\",code=\"200\"} 1"), "{metrics}");
 }
 
 #[test]

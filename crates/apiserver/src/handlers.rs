@@ -277,8 +277,16 @@ async fn patch(
     Ok(respond(StatusCode::OK, &rest::object_response(res, obj, shape, q), shape, &warnings))
 }
 
+/// A patch that cannot be applied, with upstream's status for the failure (400 malformed,
+/// 422 not applicable, 500 for a strategic patch upstream cannot handle either).
 fn patch_error(e: api::patch::PatchError) -> ApiError {
-    ApiError::new(422, "Invalid", format!("the patch could not be applied: {e}"))
+    let code = e.http_status();
+    let reason = match code {
+        400 => "BadRequest",
+        422 => "Invalid",
+        _ => "InternalError",
+    };
+    ApiError::new(code, reason, format!("the patch could not be applied: {e}"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -570,7 +570,9 @@ pub struct Selection {
 }
 
 impl Selection {
-    pub fn from_query(q: &Query) -> ApiResult<Selection> {
+    /// Parses and checks the selectors (an unsupported field label is a 400 even when nothing
+    /// would be listed).
+    pub fn from_query(res: &Resource, q: &Query) -> ApiResult<Selection> {
         let label = match q.get("labelSelector").filter(|s| !s.trim().is_empty()) {
             Some(s) => Some(
                 api::selectors::parse_label_selector(s)
@@ -579,7 +581,11 @@ impl Selection {
             None => None,
         };
         let field = match q.get("fieldSelector").filter(|s| !s.trim().is_empty()) {
-            Some(s) => Some(api::selectors::parse_field_selector(s).map_err(|e| ApiError::bad_request(e.to_string()))?),
+            Some(s) => {
+                let f = api::selectors::parse_field_selector(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                f.validate(res.group, res.kind).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Some(f)
+            }
             None => None,
         };
         Ok(Selection { label, field })
@@ -616,7 +622,7 @@ fn decode_continue(token: &str) -> ApiResult<(Revision, String)> {
 
 /// Lists objects: selectors applied, `limit`/`continue` chunking, resourceVersion semantics.
 pub async fn list(state: &ApiState, res: &'static Resource, ns: Option<&str>, q: &Query) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
-    let sel = Selection::from_query(q)?;
+    let sel = Selection::from_query(res, q)?;
     let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
     let prefix = res.namespace_prefix(ns);
     let (mut revision, mut start_after) = match q.get("continue").filter(|c| !c.is_empty()) {

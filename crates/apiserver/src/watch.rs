@@ -43,7 +43,7 @@ struct Watcher {
 }
 
 pub async fn serve(state: SharedState, res: &'static Resource, ns: Option<String>, q: Query, shape: ResponseShape) -> ApiResult<Response> {
-    let sel = Selection::from_query(&q)?;
+    let sel = Selection::from_query(res, &q)?;
     let rv = q.get("resourceVersion").filter(|s| !s.is_empty()).map(String::from);
     let start: Option<Revision> = match rv.as_deref() {
         None | Some("0") => None,

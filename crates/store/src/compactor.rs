@@ -23,11 +23,19 @@ const TICKS_PER_WINDOW: u32 = 10;
 
 /// Starts the compactor; it runs until `cancel` fires. Failures are logged and retried at the
 /// next tick.
-pub fn spawn_compactor(store: Arc<dyn Store>, config: &StoreConfig, cancel: CancellationToken) -> JoinHandle<()> {
+pub fn spawn_compactor(
+    store: Arc<dyn Store>,
+    config: &StoreConfig,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
     let retention = config.history_retention;
     let tick = (retention / TICKS_PER_WINDOW).max(MIN_TICK);
     tokio::spawn(async move {
-        let mut compactor = Compactor { retention, samples: VecDeque::new(), compacted: 0 };
+        let mut compactor = Compactor {
+            retention,
+            samples: VecDeque::new(),
+            compacted: 0,
+        };
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -64,10 +72,12 @@ impl Compactor {
             target = Some(revision);
             self.samples.pop_front();
         }
-        let Some(target) = target.filter(|&target| target > self.compacted) else { return };
+        let Some(target) = target.filter(|&target| target > self.compacted) else {
+            return;
+        };
         match store.compact(target).await {
             Ok(()) => {
-                tracing::info!(revision = target, "compacted store history");
+                tracing::debug!(revision = target, "compactor compacted store history");
                 self.compacted = target;
             }
             Err(error) => tracing::warn!(%error, revision = target, "store compaction failed"),
@@ -84,15 +94,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn compacts_to_the_revision_seen_one_retention_ago() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let config = StoreConfig { history_retention: Duration::from_secs(10) };
+        let config = StoreConfig {
+            history_retention: Duration::from_secs(10),
+        };
         let cancel = CancellationToken::new();
         let task = spawn_compactor(store.clone(), &config, cancel.clone());
         for i in 0..5 {
-            store.create(&format!("/a/{i}"), Bytes::from_static(b"v")).await.expect("create");
+            store
+                .create(&format!("/a/{i}"), Bytes::from_static(b"v"))
+                .await
+                .expect("create");
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for i in 5..10 {
-            store.create(&format!("/a/{i}"), Bytes::from_static(b"v")).await.expect("create");
+            store
+                .create(&format!("/a/{i}"), Bytes::from_static(b"v"))
+                .await
+                .expect("create");
         }
         // Nothing is older than the window yet.
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
-    TxnOpResponse, TxnResponse, WatchClient, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, PutOptions,
+    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchClient, WatchOptions,
 };
 
 use crate::{
-    DeleteResult, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store, StoreError,
-    WatchStream, prefix_end,
+    DeleteResult, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store,
+    StoreError, WatchStream, prefix_end,
 };
 
 /// How long one request may take before the store reports etcd unavailable.
@@ -69,19 +69,25 @@ impl From<EtcdError> for StoreError {
 /// Sorts an etcd client error into a retryable `Unavailable` or a `Backend` failure.
 fn classify(step: &'static str, error: etcd_client::Error) -> StoreError {
     let retryable = match &error {
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            i32::from(status.code()),
-            GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_ABORTED | GRPC_UNAVAILABLE
-        ),
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) | etcd_client::Error::WatchError(_) => {
-            true
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(i32::from(status.code()), GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_ABORTED | GRPC_UNAVAILABLE)
+                // tonic reports a connection lost mid-stream as `Unknown` with the transport
+                // error as its source; etcd's own answers carry no source.
+                || std::error::Error::source(status).is_some()
         }
+        etcd_client::Error::TransportError(_)
+        | etcd_client::Error::IoError(_)
+        | etcd_client::Error::WatchError(_) => true,
         _ => false,
     };
     if retryable {
         StoreError::Unavailable(format!("etcd {step}: {error}"))
     } else {
-        EtcdError::Request { step, source: error }.into()
+        EtcdError::Request {
+            step,
+            source: error,
+        }
+        .into()
     }
 }
 
@@ -99,16 +105,24 @@ async fn call<T>(
 ) -> Result<T, etcd_client::Error> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(result) => result,
-        Err(_) => Err(etcd_client::Error::WatchError(format!("{step} timed out after {REQUEST_TIMEOUT:?}"))),
+        Err(_) => Err(etcd_client::Error::WatchError(format!(
+            "{step} timed out after {REQUEST_TIMEOUT:?}"
+        ))),
     }
 }
 
-fn header_revision(step: &'static str, header: Option<&etcd_client::ResponseHeader>) -> Result<Revision> {
-    header.map(|header| header.revision()).ok_or_else(|| EtcdError::MissingHeader { step }.into())
+fn header_revision(
+    step: &'static str,
+    header: Option<&etcd_client::ResponseHeader>,
+) -> Result<Revision> {
+    header
+        .map(|header| header.revision())
+        .ok_or_else(|| EtcdError::MissingHeader { step }.into())
 }
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
-    let key = String::from_utf8(kv.key().to_vec()).map_err(|error| EtcdError::KeyEncoding(error.into_bytes()))?;
+    let key = String::from_utf8(kv.key().to_vec())
+        .map_err(|error| EtcdError::KeyEncoding(error.into_bytes()))?;
     Ok(KeyValue {
         key,
         value: Bytes::copy_from_slice(kv.value()),
@@ -134,8 +148,12 @@ impl EtcdStore {
             .await
             .map_err(|error| classify("connect", error))?;
         let store = Self {
-            kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
-            watch: client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
         };
         let revision = store.current_revision().await?;
         tracing::info!(?endpoints, revision, "connected to etcd");
@@ -144,13 +162,20 @@ impl EtcdStore {
 
     async fn txn(&self, step: &'static str, txn: Txn) -> Result<(TxnResponse, Revision)> {
         let mut kv = self.kv.clone();
-        let response = call(step, kv.txn(txn)).await.map_err(|error| classify(step, error))?;
+        let response = call(step, kv.txn(txn))
+            .await
+            .map_err(|error| classify(step, error))?;
         let revision = header_revision(step, response.header())?;
         Ok((response, revision))
     }
 
     /// The current value from a failed transaction's `or_else` get, as a conflict or not-found.
-    fn refused(step: &'static str, key: &str, expected: Revision, response: &TxnResponse) -> StoreError {
+    fn refused(
+        step: &'static str,
+        key: &str,
+        expected: Revision,
+        response: &TxnResponse,
+    ) -> StoreError {
         let current = match response.op_responses().into_iter().next() {
             Some(TxnOpResponse::Get(get)) => match get.kvs().first().map(convert).transpose() {
                 Ok(current) => current,
@@ -160,7 +185,11 @@ impl EtcdStore {
         };
         match current {
             None => StoreError::NotFound(key.to_string()),
-            Some(current) => StoreError::Conflict { key: key.to_string(), expected, current: Some(current) },
+            Some(current) => StoreError::Conflict {
+                key: key.to_string(),
+                expected,
+                current: Some(current),
+            },
         }
     }
 
@@ -168,9 +197,18 @@ impl EtcdStore {
     async fn readable_at(&self, revision: Revision) -> Result<bool> {
         let mut kv = self.kv.clone();
         let options = GetOptions::new().with_revision(revision).with_limit(1);
-        match call("probing the compacted revision", kv.get("\0", Some(options))).await {
+        match call(
+            "probing the compacted revision",
+            kv.get("\0", Some(options)),
+        )
+        .await
+        {
             Ok(_) => Ok(true),
-            Err(error) if message_of(&error).is_some_and(|message| message.contains(ETCD_COMPACTED)) => Ok(false),
+            Err(error)
+                if message_of(&error).is_some_and(|message| message.contains(ETCD_COMPACTED)) =>
+            {
+                Ok(false)
+            }
             Err(error) => Err(classify("probing the compacted revision", error)),
         }
     }
@@ -186,12 +224,19 @@ impl Store for EtcdStore {
         if !response.succeeded() {
             return Err(StoreError::AlreadyExists(key.to_string()));
         }
-        Ok(KeyValue { key: key.to_string(), value, create_revision: revision, mod_revision: revision })
+        Ok(KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let mut kv = self.kv.clone();
-        let response = call("get", kv.get(key, None)).await.map_err(|error| classify("get", error))?;
+        let response = call("get", kv.get(key, None))
+            .await
+            .map_err(|error| classify("get", error))?;
         response.kvs().first().map(convert).transpose()
     }
 
@@ -207,7 +252,9 @@ impl Store for EtcdStore {
         };
         // etcd treats limit 0 as "no limit"; a caller asking for 0 keys gets one key fetched
         // only to answer `more`.
-        let limit = opts.limit.map(|limit| i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
+        let limit = opts
+            .limit
+            .map(|limit| i64::try_from(limit.max(1)).unwrap_or(i64::MAX));
         if let Some(limit) = limit {
             options = options.with_limit(limit);
         }
@@ -223,7 +270,10 @@ impl Store for EtcdStore {
                 if let Some(requested) = requested {
                     if message.contains(ETCD_COMPACTED) {
                         let compacted = self.compacted_revision().await?;
-                        return Err(StoreError::Compacted { requested, compacted });
+                        return Err(StoreError::Compacted {
+                            requested,
+                            compacted,
+                        });
                     }
                     if message.contains(ETCD_FUTURE_REVISION) {
                         let current = self.current_revision().await?;
@@ -237,16 +287,29 @@ impl Store for EtcdStore {
             Some(revision) => revision,
             None => header_revision("range", response.header())?,
         };
-        let mut kvs = response.kvs().iter().map(convert).collect::<Result<Vec<_>>>()?;
+        let mut kvs = response
+            .kvs()
+            .iter()
+            .map(convert)
+            .collect::<Result<Vec<_>>>()?;
         let mut more = response.more();
         if opts.limit == Some(0) {
             more = !kvs.is_empty();
             kvs.clear();
         }
-        Ok(RangeResult { kvs, more, revision })
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision,
+        })
     }
 
-    async fn update(&self, key: &str, value: Bytes, expected_mod_revision: Revision) -> Result<KeyValue> {
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected_mod_revision: Revision,
+    ) -> Result<KeyValue> {
         // `create_revision > 0` keeps an update with expected revision 0 from creating a missing
         // key: etcd compares an absent key's mod_revision as 0.
         let txn = Txn::new()
@@ -254,34 +317,57 @@ impl Store for EtcdStore {
                 Compare::mod_revision(key, CompareOp::Equal, expected_mod_revision),
                 Compare::create_revision(key, CompareOp::Greater, 0),
             ])
-            .and_then([TxnOp::put(key, value.to_vec(), Some(PutOptions::new().with_prev_key()))])
+            .and_then([TxnOp::put(
+                key,
+                value.to_vec(),
+                Some(PutOptions::new().with_prev_key()),
+            )])
             .or_else([TxnOp::get(key, None)]);
         let (response, revision) = self.txn("update", txn).await?;
         if !response.succeeded() {
-            return Err(Self::refused("update", key, expected_mod_revision, &response));
+            return Err(Self::refused(
+                "update",
+                key,
+                expected_mod_revision,
+                &response,
+            ));
         }
         let create_revision = match response.op_responses().into_iter().next() {
             Some(TxnOpResponse::Put(put)) => put.prev_key().map(|prev| prev.create_revision()),
             _ => None,
         }
         .ok_or(EtcdError::UnexpectedResponse { step: "update" })?;
-        Ok(KeyValue { key: key.to_string(), value, create_revision, mod_revision: revision })
+        Ok(KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision,
+            mod_revision: revision,
+        })
     }
 
-    async fn delete(&self, key: &str, expected_mod_revision: Option<Revision>) -> Result<DeleteResult> {
+    async fn delete(
+        &self,
+        key: &str,
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<DeleteResult> {
         let delete = TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()));
         let mut compares = vec![Compare::create_revision(key, CompareOp::Greater, 0)];
         if let Some(expected) = expected_mod_revision {
             compares.push(Compare::mod_revision(key, CompareOp::Equal, expected));
         }
-        let txn = Txn::new().when(compares).and_then([delete]).or_else([TxnOp::get(key, None)]);
+        let txn = Txn::new()
+            .when(compares)
+            .and_then([delete])
+            .or_else([TxnOp::get(key, None)]);
         let (response, revision) = self.txn("delete", txn).await?;
         if !response.succeeded() {
             let expected = expected_mod_revision.unwrap_or(0);
             return Err(Self::refused("delete", key, expected, &response));
         }
         let prev = match response.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Delete(deleted)) => deleted.prev_kvs().first().map(convert).transpose()?,
+            Some(TxnOpResponse::Delete(deleted)) => {
+                deleted.prev_kvs().first().map(convert).transpose()?
+            }
             _ => None,
         }
         .ok_or(EtcdError::UnexpectedResponse { step: "delete" })?;
@@ -325,17 +411,29 @@ impl Store for EtcdStore {
                 Ok(())
             }
             // Another server (or an earlier call) compacted further already.
-            Err(error) if message_of(&error).is_some_and(|message| message.contains(ETCD_COMPACTED)) => Ok(()),
-            Err(error) if message_of(&error).is_some_and(|message| message.contains(ETCD_FUTURE_REVISION)) => {
+            Err(error)
+                if message_of(&error).is_some_and(|message| message.contains(ETCD_COMPACTED)) =>
+            {
+                Ok(())
+            }
+            Err(error)
+                if message_of(&error)
+                    .is_some_and(|message| message.contains(ETCD_FUTURE_REVISION)) =>
+            {
                 let current = self.current_revision().await?;
-                Err(StoreError::FutureRevision { requested: revision, current })
+                Err(StoreError::FutureRevision {
+                    requested: revision,
+                    current,
+                })
             }
             Err(error) => Err(classify("compact", error)),
         }
     }
 
     async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream> {
-        let mut options = WatchOptions::new().with_prev_key().with_start_revision(start_revision.max(0));
+        let mut options = WatchOptions::new()
+            .with_prev_key()
+            .with_start_revision(start_revision.max(0));
         options = match prefix_end(prefix.as_bytes()) {
             Some(end) => options.with_range(end),
             None => options.with_from_key(),
@@ -347,11 +445,20 @@ impl Store for EtcdStore {
             .map_err(|error| classify("watch", error))?;
         // Wait for etcd to confirm the watch, so that events written after this call returns are
         // certain to be delivered (a watch from "now" starts at the revision of creation).
-        let created = call("watch", stream.message()).await.map_err(|error| classify("watch", error))?;
-        let mut watcher = EtcdWatch { stream, pending: VecDeque::new(), next: start_revision, done: false };
+        let created = call("watch", stream.message())
+            .await
+            .map_err(|error| classify("watch", error))?;
+        let mut watcher = EtcdWatch {
+            stream,
+            pending: VecDeque::new(),
+            next: start_revision,
+            done: false,
+        };
         match created {
             Some(response) => watcher.absorb(response),
-            None => watcher.fail(StoreError::Unavailable("etcd closed the watch stream".into())),
+            None => watcher.fail(StoreError::Unavailable(
+                "etcd closed the watch stream".into(),
+            )),
         }
         Ok(Box::pin(futures::stream::unfold(watcher, EtcdWatch::step)))
     }
@@ -379,7 +486,9 @@ impl EtcdWatch {
             }
             match self.stream.message().await {
                 Ok(Some(response)) => self.absorb(response),
-                Ok(None) => self.fail(StoreError::Unavailable("etcd closed the watch stream".into())),
+                Ok(None) => self.fail(StoreError::Unavailable(
+                    "etcd closed the watch stream".into(),
+                )),
                 Err(error) => self.fail(classify("watch", error)),
             }
         }
@@ -390,7 +499,11 @@ impl EtcdWatch {
             let Some(kv) = event.kv() else { continue };
             // A tombstone has version 0; every put has version >= 1 (etcd mvcc). Reading the
             // kind from the version avoids `event_type()`, which panics on unknown types.
-            let kind = if kv.version() == 0 { EventKind::Delete } else { EventKind::Put };
+            let kind = if kv.version() == 0 {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            };
             let converted = convert(kv).and_then(|kv| {
                 let prev_kv = event.prev_kv().map(convert).transpose()?;
                 Ok(Event { kind, kv, prev_kv })
@@ -405,11 +518,16 @@ impl EtcdWatch {
         }
         if response.compact_revision() != 0 {
             let compacted = response.compact_revision();
-            return self.fail(StoreError::Compacted { requested: self.next, compacted });
+            return self.fail(StoreError::Compacted {
+                requested: self.next,
+                compacted,
+            });
         }
         if response.canceled() {
             let reason = response.cancel_reason().to_string();
-            self.fail(StoreError::Unavailable(format!("etcd canceled the watch: {reason}")));
+            self.fail(StoreError::Unavailable(format!(
+                "etcd canceled the watch: {reason}"
+            )));
         }
     }
 

@@ -15,6 +15,10 @@
 //! history at about [`StoreConfig::history_retention`]; the API server reads, writes and runs
 //! one watch through the [`Store`] trait.
 //!
+//! A watcher that falls behind never sees a gap: the local backends re-read what it missed from
+//! history (see `watch`), etcd buffers on its side; only history compacted in the meantime ends
+//! the watch with `Err(Compacted)`.
+//!
 //! Revision semantics follow etcd: a watch's `start_revision` is inclusive, a read or watch
 //! below the compacted revision fails with [`StoreError::Compacted`].
 
@@ -106,13 +110,23 @@ pub enum StoreError {
     NotFound(String),
     /// An update or delete whose expected mod revision did not match. Carries the current value.
     #[error("conflict on key {key}: expected mod revision {expected}, current {}", current.as_ref().map(|kv| kv.mod_revision).unwrap_or(0))]
-    Conflict { key: String, expected: Revision, current: Option<KeyValue> },
+    Conflict {
+        key: String,
+        expected: Revision,
+        current: Option<KeyValue>,
+    },
     /// The requested revision is older than the compacted revision.
     #[error("revision {requested} has been compacted (oldest available is {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision is newer than the store's current revision.
     #[error("revision {requested} is in the future (current is {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The backend could not be reached or failed; retryable.
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
@@ -137,10 +151,19 @@ pub trait Store: Send + Sync + 'static {
     async fn range(&self, prefix: &str, opts: RangeOptions) -> Result<RangeResult>;
     /// Replaces `key` only if its mod revision is `expected_mod_revision`.
     /// Errors: `NotFound`, `Conflict`.
-    async fn update(&self, key: &str, value: Bytes, expected_mod_revision: Revision) -> Result<KeyValue>;
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected_mod_revision: Revision,
+    ) -> Result<KeyValue>;
     /// Deletes `key`, only if its mod revision matches when `expected_mod_revision` is set.
     /// Errors: `NotFound`, `Conflict`.
-    async fn delete(&self, key: &str, expected_mod_revision: Option<Revision>) -> Result<DeleteResult>;
+    async fn delete(
+        &self,
+        key: &str,
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<DeleteResult>;
     /// The revision of the newest write (0 for an empty, never-written store).
     async fn current_revision(&self) -> Result<Revision>;
     /// The compaction point: reads and watches at revisions `>= compacted_revision()` are served,
@@ -163,7 +186,10 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     Memory,
+    /// The SQLite database file (e.g. `<data-dir>/skiff.db`); it and its parent directories
+    /// are created when missing.
     Sqlite { path: std::path::PathBuf },
+    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
     Etcd { endpoints: Vec<String> },
 }
 
@@ -176,7 +202,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { history_retention: Duration::from_secs(300) }
+        Self {
+            history_retention: Duration::from_secs(300),
+        }
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 
 use crate::watch::{self, BROADCAST_CAPACITY, History, HistoryPage};
 use crate::{
-    DeleteResult, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store, StoreError,
-    WatchStream,
+    DeleteResult, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store,
+    StoreError, WatchStream,
 };
 
 /// A store that lives and dies with the process.
@@ -57,7 +57,12 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Self { shared: Arc::new(Shared { state: Mutex::new(State::default()), live }) }
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                live,
+            }),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -69,7 +74,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied write: every mutation is
         // a few infallible map operations done after all checks, so the state stays usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -99,9 +106,17 @@ impl State {
 
     fn event(&self, revision: Revision) -> Option<Event> {
         let row = self.rows.get(&revision)?;
-        let prev_kv = if row.prev_revision == 0 { None } else { self.kv(row.prev_revision) };
+        let prev_kv = if row.prev_revision == 0 {
+            None
+        } else {
+            self.kv(row.prev_revision)
+        };
         let kv = self.kv(revision)?;
-        let kind = if row.deleted { EventKind::Delete } else { EventKind::Put };
+        let kind = if row.deleted {
+            EventKind::Delete
+        } else {
+            EventKind::Put
+        };
         Some(Event { kind, kv, prev_kv })
     }
 
@@ -109,22 +124,36 @@ impl State {
     fn append(&mut self, row: Row) -> Event {
         self.revision += 1;
         let revision = self.revision;
-        self.versions.entry(row.key.clone()).or_default().push(revision);
+        self.versions
+            .entry(row.key.clone())
+            .or_default()
+            .push(revision);
         self.rows.insert(revision, row);
         // The row was just inserted, so `event` finds it; the fallback keeps this panic-free.
         self.event(revision).unwrap_or_else(|| Event {
             kind: EventKind::Put,
-            kv: KeyValue { key: String::new(), value: Bytes::new(), create_revision: 0, mod_revision: revision },
+            kv: KeyValue {
+                key: String::new(),
+                value: Bytes::new(),
+                create_revision: 0,
+                mod_revision: revision,
+            },
             prev_kv: None,
         })
     }
 
     fn check_readable(&self, revision: Revision) -> Result<()> {
         if revision < self.compacted {
-            return Err(StoreError::Compacted { requested: revision, compacted: self.compacted });
+            return Err(StoreError::Compacted {
+                requested: revision,
+                compacted: self.compacted,
+            });
         }
         if revision > self.revision {
-            return Err(StoreError::FutureRevision { requested: revision, current: self.revision });
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
         }
         Ok(())
     }
@@ -137,10 +166,10 @@ impl State {
         for (key, versions) in self.versions.iter_mut() {
             let older = versions.partition_point(|&revision| revision < below);
             let mut keep_from = older.saturating_sub(1);
-            if let Some(&newest_below) = versions.get(keep_from).filter(|_| older > 0) {
-                if self.rows.get(&newest_below).is_some_and(|row| row.deleted) {
-                    keep_from += 1;
-                }
+            if let Some(&newest_below) = versions.get(keep_from).filter(|_| older > 0)
+                && self.rows.get(&newest_below).is_some_and(|row| row.deleted)
+            {
+                keep_from += 1;
             }
             for revision in versions.drain(..keep_from) {
                 self.rows.remove(&revision);
@@ -162,7 +191,13 @@ impl Store for MemoryStore {
         if state.latest(key).is_some() {
             return Err(StoreError::AlreadyExists(key.to_string()));
         }
-        let row = Row { key: key.to_string(), value, create_revision: state.revision + 1, prev_revision: 0, deleted: false };
+        let row = Row {
+            key: key.to_string(),
+            value,
+            create_revision: state.revision + 1,
+            prev_revision: 0,
+            deleted: false,
+        };
         let event = state.append(row);
         let _ = self.shared.live.send(Arc::new(event.clone()));
         Ok(event.kv)
@@ -182,14 +217,24 @@ impl Store for MemoryStore {
             _ => state.revision,
         };
         let limit = opts.limit.unwrap_or(usize::MAX);
-        let mut result = RangeResult { kvs: Vec::new(), more: false, revision: at };
+        let mut result = RangeResult {
+            kvs: Vec::new(),
+            more: false,
+            revision: at,
+        };
         let keys = state
             .versions
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(key, _)| opts.start_after.as_deref().is_none_or(|after| key.as_str() > after));
+            .filter(|(key, _)| {
+                opts.start_after
+                    .as_deref()
+                    .is_none_or(|after| key.as_str() > after)
+            });
         for (key, _) in keys {
-            let Some(kv) = state.live_at(key, at) else { continue };
+            let Some(kv) = state.live_at(key, at) else {
+                continue;
+            };
             if result.kvs.len() == limit {
                 result.more = true;
                 break;
@@ -199,9 +244,16 @@ impl Store for MemoryStore {
         Ok(result)
     }
 
-    async fn update(&self, key: &str, value: Bytes, expected_mod_revision: Revision) -> Result<KeyValue> {
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected_mod_revision: Revision,
+    ) -> Result<KeyValue> {
         let mut state = self.state();
-        let current = state.latest(key).ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        let current = state
+            .latest(key)
+            .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
         if current.mod_revision != expected_mod_revision {
             return Err(StoreError::Conflict {
                 key: key.to_string(),
@@ -221,13 +273,23 @@ impl Store for MemoryStore {
         Ok(event.kv)
     }
 
-    async fn delete(&self, key: &str, expected_mod_revision: Option<Revision>) -> Result<DeleteResult> {
+    async fn delete(
+        &self,
+        key: &str,
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<DeleteResult> {
         let mut state = self.state();
-        let current = state.latest(key).ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        let current = state
+            .latest(key)
+            .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
         if let Some(expected) = expected_mod_revision
             && current.mod_revision != expected
         {
-            return Err(StoreError::Conflict { key: key.to_string(), expected, current: Some(current) });
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected,
+                current: Some(current),
+            });
         }
         let row = Row {
             key: key.to_string(),
@@ -239,7 +301,10 @@ impl Store for MemoryStore {
         let event = state.append(row);
         let revision = event.kv.mod_revision;
         let _ = self.shared.live.send(Arc::new(event));
-        Ok(DeleteResult { prev: current, revision })
+        Ok(DeleteResult {
+            prev: current,
+            revision,
+        })
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -253,7 +318,10 @@ impl Store for MemoryStore {
     async fn compact(&self, revision: Revision) -> Result<()> {
         let mut state = self.state();
         if revision > state.revision {
-            return Err(StoreError::FutureRevision { requested: revision, current: state.revision });
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current: state.revision,
+            });
         }
         if revision <= state.compacted {
             return Ok(());
@@ -265,18 +333,35 @@ impl Store for MemoryStore {
 
     async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream> {
         let live = self.shared.live.subscribe();
-        let start = if start_revision > 0 { start_revision } else { self.state().revision + 1 };
+        let start = if start_revision > 0 {
+            start_revision
+        } else {
+            self.state().revision + 1
+        };
         let history: Arc<dyn History> = self.shared.clone();
-        Ok(watch::watch_stream(history, live, prefix.to_string(), start))
+        Ok(watch::watch_stream(
+            history,
+            live,
+            prefix.to_string(),
+            start,
+        ))
     }
 }
 
 #[async_trait::async_trait]
 impl History for Shared {
-    async fn events_since(&self, prefix: &str, from: Revision, limit: usize) -> Result<HistoryPage> {
+    async fn events_since(
+        &self,
+        prefix: &str,
+        from: Revision,
+        limit: usize,
+    ) -> Result<HistoryPage> {
         let state = self.lock();
         if from < state.compacted {
-            return Err(StoreError::Compacted { requested: from, compacted: state.compacted });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted: state.compacted,
+            });
         }
         let events = state
             .rows
@@ -285,6 +370,91 @@ impl History for Shared {
             .take(limit)
             .filter_map(|(&revision, _)| state.event(revision))
             .collect();
-        Ok(HistoryPage { events, head: state.revision })
+        Ok(HistoryPage {
+            events,
+            head: state.revision,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// A watcher that lags past the broadcast buffer while history is compacted under it gets
+    /// `Compacted` (it cannot re-read what it missed), then its stream ends.
+    #[tokio::test]
+    async fn lagging_watcher_past_compaction_gets_compacted() {
+        let store = MemoryStore::new();
+        let mut watch = store.watch("/a/", 0).await.expect("watch");
+        let first = store
+            .create("/a/first", Bytes::from_static(b"x"))
+            .await
+            .expect("create");
+        assert_eq!(watch.next().await.expect("item").expect("event").kv, first);
+        let mut last = 0;
+        for i in 0..BROADCAST_CAPACITY + 10 {
+            last = store
+                .create(&format!("/a/{i}"), Bytes::from_static(b"x"))
+                .await
+                .expect("create")
+                .mod_revision;
+        }
+        store.compact(last).await.expect("compact");
+        match watch.next().await {
+            Some(Err(StoreError::Compacted {
+                requested,
+                compacted,
+            })) => {
+                assert_eq!(compacted, last);
+                assert!(requested < last);
+            }
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        assert!(watch.next().await.is_none());
+    }
+
+    /// Compaction keeps the newest row below the compaction point (it is still readable and is
+    /// the next event's `prev_kv`) and drops superseded rows and tombstones.
+    #[tokio::test]
+    async fn purge_keeps_only_what_reads_at_the_compaction_point_need() {
+        let store = MemoryStore::new();
+        let a1 = store
+            .create("/a", Bytes::from_static(b"1"))
+            .await
+            .expect("create");
+        let a2 = store
+            .update("/a", Bytes::from_static(b"2"), a1.mod_revision)
+            .await
+            .expect("update");
+        store
+            .create("/b", Bytes::from_static(b"1"))
+            .await
+            .expect("create");
+        let deleted = store.delete("/b", None).await.expect("delete");
+        // At the delete's revision, the deleted row is still the delete event's `prev_kv`.
+        store.compact(deleted.revision).await.expect("compact");
+        let kept = store.state().rows.keys().copied().collect::<Vec<_>>();
+        assert_eq!(
+            kept,
+            [a2.mod_revision, deleted.prev.mod_revision, deleted.revision]
+        );
+        let c = store
+            .create("/c", Bytes::from_static(b"1"))
+            .await
+            .expect("create");
+        store.compact(c.mod_revision).await.expect("compact");
+        let state = store.state();
+        assert_eq!(
+            state.rows.keys().copied().collect::<Vec<_>>(),
+            [a2.mod_revision, c.mod_revision]
+        );
+        assert!(!state.versions.contains_key("/b"));
+        assert_eq!(
+            state.versions.get("/a").cloned(),
+            Some(vec![a2.mod_revision])
+        );
     }
 }

@@ -32,8 +32,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::watch::{self, BROADCAST_CAPACITY, History, HistoryPage};
 use crate::{
-    prefix_end, DeleteResult, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store, StoreError,
-    WatchStream,
+    DeleteResult, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store,
+    StoreError, WatchStream, prefix_end,
 };
 
 /// Requests one writer batch may hold: bounds the time any request waits behind others.
@@ -77,7 +77,9 @@ pub enum SqliteError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("SQLite journal mode is {0:?}, not WAL (is the file on a filesystem without shared memory?)")]
+    #[error(
+        "SQLite journal mode is {0:?}, not WAL (is the file on a filesystem without shared memory?)"
+    )]
     NotWal(String),
     #[error("SQLite {step}: {source}")]
     Query {
@@ -134,12 +136,21 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: PathBuf) -> Result<Self> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|source| SqliteError::CreateDir { path: parent.to_path_buf(), source })?;
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|source| SqliteError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
-        let conn = Connection::open(&path).map_err(|source| SqliteError::Open { path: path.clone(), source })?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(query("setting busy_timeout"))?;
+        let conn = Connection::open(&path).map_err(|source| SqliteError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(query("setting busy_timeout"))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
             .map_err(query("enabling WAL"))?;
@@ -148,26 +159,52 @@ impl SqliteStore {
         }
         // FULL: every commit fsyncs the WAL before we acknowledge (NORMAL would only fsync at
         // checkpoints and can lose acknowledged writes on power loss).
-        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(query("setting synchronous=FULL"))?;
-        conn.execute_batch(SCHEMA).map_err(query("creating the schema"))?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(query("setting synchronous=FULL"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(query("creating the schema"))?;
         let (revision, compacted) = read_heads(&conn)?;
         tracing::info!(path = %path.display(), revision, compacted, "opened SQLite store");
 
-        let heads = Arc::new(Heads { revision: AtomicI64::new(revision), compacted: AtomicI64::new(compacted) });
+        let heads = Arc::new(Heads {
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+        });
         let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (writer, requests) = mpsc::channel(WRITE_QUEUE);
-        let thread = Writer { conn, head: revision, compacted, heads: heads.clone(), live: live.clone() };
+        let thread = Writer {
+            conn,
+            head: revision,
+            compacted,
+            heads: heads.clone(),
+            live: live.clone(),
+        };
         std::thread::Builder::new()
             .name("skiff-store-writer".into())
             .spawn(move || thread.run(requests))
             .map_err(SqliteError::WriterThread)?;
-        let reader = Arc::new(Reader { path, idle: Mutex::new(Vec::new()), heads: heads.clone() });
-        Ok(Self { writer, reader, live, heads })
+        let reader = Arc::new(Reader {
+            path,
+            idle: Mutex::new(Vec::new()),
+            heads: heads.clone(),
+        });
+        Ok(Self {
+            writer,
+            reader,
+            live,
+            heads,
+        })
     }
 
-    async fn submit<T>(&self, request: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteRequest) -> Result<T> {
+    async fn submit<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteRequest,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(request(reply)).await.map_err(|_| writer_gone())?;
+        self.writer
+            .send(request(reply))
+            .await
+            .map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
     }
 }
@@ -176,7 +213,8 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
         let key = key.to_string();
-        self.submit(|reply| WriteRequest::Create { key, value, reply }).await
+        self.submit(|reply| WriteRequest::Create { key, value, reply })
+            .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -186,17 +224,39 @@ impl Store for SqliteStore {
 
     async fn range(&self, prefix: &str, opts: RangeOptions) -> Result<RangeResult> {
         let prefix = prefix.to_string();
-        self.reader.run(move |conn| range(conn, &prefix, &opts)).await
+        self.reader
+            .run(move |conn| range(conn, &prefix, &opts))
+            .await
     }
 
-    async fn update(&self, key: &str, value: Bytes, expected_mod_revision: Revision) -> Result<KeyValue> {
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected_mod_revision: Revision,
+    ) -> Result<KeyValue> {
         let key = key.to_string();
-        self.submit(|reply| WriteRequest::Update { key, value, expected: expected_mod_revision, reply }).await
+        self.submit(|reply| WriteRequest::Update {
+            key,
+            value,
+            expected: expected_mod_revision,
+            reply,
+        })
+        .await
     }
 
-    async fn delete(&self, key: &str, expected_mod_revision: Option<Revision>) -> Result<DeleteResult> {
+    async fn delete(
+        &self,
+        key: &str,
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<DeleteResult> {
         let key = key.to_string();
-        self.submit(|reply| WriteRequest::Delete { key, expected: expected_mod_revision, reply }).await
+        self.submit(|reply| WriteRequest::Delete {
+            key,
+            expected: expected_mod_revision,
+            reply,
+        })
+        .await
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -209,21 +269,33 @@ impl Store for SqliteStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         let started = std::time::Instant::now();
-        if !self.submit(|reply| WriteRequest::Compact { revision, reply }).await? {
+        if !self
+            .submit(|reply| WriteRequest::Compact { revision, reply })
+            .await?
+        {
             return Ok(());
         }
         let oldest: Revision = self
             .reader
             .run(|conn| {
-                conn.query_row("SELECT coalesce(min(revision), 0) FROM kv", [], |row| row.get(0))
-                    .map_err(query("finding the oldest revision"))
+                conn.query_row("SELECT coalesce(min(revision), 0) FROM kv", [], |row| {
+                    row.get(0)
+                })
+                .map_err(query("finding the oldest revision"))
             })
             .await?;
         let mut removed = 0;
         let mut from = oldest;
         while from < revision {
             let to = from.saturating_add(PURGE_WINDOW).min(revision);
-            removed += self.submit(|reply| WriteRequest::Purge { below: revision, from, to, reply }).await?;
+            removed += self
+                .submit(|reply| WriteRequest::Purge {
+                    below: revision,
+                    from,
+                    to,
+                    reply,
+                })
+                .await?;
             from = to;
         }
         tracing::info!(revision, removed, elapsed = ?started.elapsed(), "compacted SQLite history");
@@ -233,10 +305,20 @@ impl Store for SqliteStore {
     async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream> {
         // Subscribe before deciding the start and before any history read (see `watch`).
         let live = self.live.subscribe();
-        let start =
-            if start_revision > 0 { start_revision } else { self.heads.revision.load(Ordering::Acquire) + 1 };
-        let history: Arc<dyn History> = Arc::new(Replay { reader: self.reader.clone() });
-        Ok(watch::watch_stream(history, live, prefix.to_string(), start))
+        let start = if start_revision > 0 {
+            start_revision
+        } else {
+            self.heads.revision.load(Ordering::Acquire) + 1
+        };
+        let history: Arc<dyn History> = Arc::new(Replay {
+            reader: self.reader.clone(),
+        });
+        Ok(watch::watch_stream(
+            history,
+            live,
+            prefix.to_string(),
+            start,
+        ))
     }
 }
 
@@ -268,18 +350,30 @@ impl Reader {
     }
 
     fn take(&self) -> Result<Connection> {
-        if let Some(conn) = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop() {
+        if let Some(conn) = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+        {
             return Ok(conn);
         }
-        let conn = Connection::open(&self.path)
-            .map_err(|source| SqliteError::Open { path: self.path.clone(), source })?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(query("setting busy_timeout"))?;
-        conn.execute_batch("PRAGMA query_only=1;").map_err(query("setting query_only"))?;
+        let conn = Connection::open(&self.path).map_err(|source| SqliteError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(query("setting busy_timeout"))?;
+        conn.execute_batch("PRAGMA query_only=1;")
+            .map_err(query("setting query_only"))?;
         Ok(conn)
     }
 
     fn give_back(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() < IDLE_READERS {
             idle.push(conn);
         }
@@ -293,13 +387,23 @@ struct Replay {
 
 #[async_trait::async_trait]
 impl History for Replay {
-    async fn events_since(&self, prefix: &str, from: Revision, limit: usize) -> Result<HistoryPage> {
+    async fn events_since(
+        &self,
+        prefix: &str,
+        from: Revision,
+        limit: usize,
+    ) -> Result<HistoryPage> {
         let compacted = self.reader.heads.compacted.load(Ordering::Acquire);
         if from < compacted {
-            return Err(StoreError::Compacted { requested: from, compacted });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted,
+            });
         }
         let prefix = prefix.to_string();
-        self.reader.run(move |conn| events_since(conn, &prefix, from, limit)).await
+        self.reader
+            .run(move |conn| events_since(conn, &prefix, from, limit))
+            .await
     }
 }
 
@@ -345,7 +449,12 @@ fn current(conn: &Connection, key: &str) -> Result<Option<KeyValue>> {
 }
 
 /// The SQL key bounds for keys under `prefix` (and after `start_after`), with their parameters.
-fn key_bounds(column: &str, prefix: &str, start_after: Option<&str>, params: &mut Vec<Value>) -> String {
+fn key_bounds(
+    column: &str,
+    prefix: &str,
+    start_after: Option<&str>,
+    params: &mut Vec<Value>,
+) -> String {
     let mut sql = match start_after {
         Some(after) if after >= prefix => {
             params.push(Value::Blob(after.as_bytes().to_vec()));
@@ -364,15 +473,23 @@ fn key_bounds(column: &str, prefix: &str, start_after: Option<&str>, params: &mu
 }
 
 fn range(conn: &Connection, prefix: &str, opts: &RangeOptions) -> Result<RangeResult> {
-    let tx = conn.unchecked_transaction().map_err(query("starting a read"))?;
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(query("starting a read"))?;
     let (head, compacted) = read_heads(&tx)?;
     let at = match opts.revision {
         Some(revision) if revision > 0 => {
             if revision < compacted {
-                return Err(StoreError::Compacted { requested: revision, compacted });
+                return Err(StoreError::Compacted {
+                    requested: revision,
+                    compacted,
+                });
             }
             if revision > head {
-                return Err(StoreError::FutureRevision { requested: revision, current: head });
+                return Err(StoreError::FutureRevision {
+                    requested: revision,
+                    current: head,
+                });
             }
             revision
         }
@@ -399,17 +516,33 @@ fn range(conn: &Connection, prefix: &str, opts: &RangeOptions) -> Result<RangeRe
         )
     };
     // One more than asked, to learn whether the limit cut the answer short.
-    let fetch = opts.limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1));
+    let fetch = opts.limit.map_or(-1, |limit| {
+        i64::try_from(limit)
+            .unwrap_or(i64::MAX - 1)
+            .saturating_add(1)
+    });
     params.push(Value::Integer(fetch));
-    let mut statement = tx.prepare_cached(&sql).map_err(query("preparing a range read"))?;
+    let mut statement = tx
+        .prepare_cached(&sql)
+        .map_err(query("preparing a range read"))?;
     let rows = statement
         .query_map(rusqlite::params_from_iter(params), |row| {
-            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Revision>(1)?, row.get::<_, Revision>(2)?, row.get::<_, Vec<u8>>(3)?))
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, Revision>(1)?,
+                row.get::<_, Revision>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ))
         })
         .map_err(query("running a range read"))?;
-    let mut result = RangeResult { kvs: Vec::new(), more: false, revision: at };
+    let mut result = RangeResult {
+        kvs: Vec::new(),
+        more: false,
+        revision: at,
+    };
     for row in rows {
-        let (key, create_revision, mod_revision, value) = row.map_err(query("reading a range row"))?;
+        let (key, create_revision, mod_revision, value) =
+            row.map_err(query("reading a range row"))?;
         if opts.limit.is_some_and(|limit| result.kvs.len() >= limit) {
             result.more = true;
             break;
@@ -424,14 +557,27 @@ fn range(conn: &Connection, prefix: &str, opts: &RangeOptions) -> Result<RangeRe
     Ok(result)
 }
 
-fn events_since(conn: &Connection, prefix: &str, from: Revision, limit: usize) -> Result<HistoryPage> {
-    let tx = conn.unchecked_transaction().map_err(query("starting a history read"))?;
+fn events_since(
+    conn: &Connection,
+    prefix: &str,
+    from: Revision,
+    limit: usize,
+) -> Result<HistoryPage> {
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(query("starting a history read"))?;
     let (head, compacted) = read_heads(&tx)?;
     if from < compacted {
-        return Err(StoreError::Compacted { requested: from, compacted });
+        return Err(StoreError::Compacted {
+            requested: from,
+            compacted,
+        });
     }
     if from > head {
-        return Ok(HistoryPage { events: Vec::new(), head });
+        return Ok(HistoryPage {
+            events: Vec::new(),
+            head,
+        });
     }
     let mut params = vec![Value::Integer(from)];
     // The unary `+` keeps SQLite on the revision (row id) order instead of the key index: a
@@ -445,7 +591,9 @@ fn events_since(conn: &Connection, prefix: &str, from: Revision, limit: usize) -
          WHERE k.revision >= ?1 AND {bounds} ORDER BY k.revision LIMIT ?{}",
         params.len()
     );
-    let mut statement = tx.prepare_cached(&sql).map_err(query("preparing a history read"))?;
+    let mut statement = tx
+        .prepare_cached(&sql)
+        .map_err(query("preparing a history read"))?;
     let rows = statement
         .query_map(rusqlite::params_from_iter(params), |row| {
             Ok((
@@ -462,8 +610,16 @@ fn events_since(conn: &Connection, prefix: &str, from: Revision, limit: usize) -
         .map_err(query("running a history read"))?;
     let mut events = Vec::new();
     for row in rows {
-        let (revision, key, create_revision, deleted, value, prev_revision, prev_create, prev_value) =
-            row.map_err(query("reading a history row"))?;
+        let (
+            revision,
+            key,
+            create_revision,
+            deleted,
+            value,
+            prev_revision,
+            prev_create,
+            prev_value,
+        ) = row.map_err(query("reading a history row"))?;
         let key = key_string(key, revision)?;
         let prev_kv = match (prev_revision, prev_create, prev_value) {
             (Some(mod_revision), Some(create_revision), Some(value)) => Some(KeyValue {
@@ -474,8 +630,17 @@ fn events_since(conn: &Connection, prefix: &str, from: Revision, limit: usize) -
             }),
             _ => None,
         };
-        let kind = if deleted { EventKind::Delete } else { EventKind::Put };
-        let kv = KeyValue { key, value: Bytes::from(value), create_revision, mod_revision: revision };
+        let kind = if deleted {
+            EventKind::Delete
+        } else {
+            EventKind::Put
+        };
+        let kv = KeyValue {
+            key,
+            value: Bytes::from(value),
+            create_revision,
+            mod_revision: revision,
+        };
         events.push(Event { kind, kv, prev_kv });
     }
     Ok(HistoryPage { events, head })
@@ -485,21 +650,56 @@ fn events_since(conn: &Connection, prefix: &str, from: Revision, limit: usize) -
 // Writes
 
 enum WriteRequest {
-    Create { key: String, value: Bytes, reply: oneshot::Sender<Result<KeyValue>> },
-    Update { key: String, value: Bytes, expected: Revision, reply: oneshot::Sender<Result<KeyValue>> },
-    Delete { key: String, expected: Option<Revision>, reply: oneshot::Sender<Result<DeleteResult>> },
+    Create {
+        key: String,
+        value: Bytes,
+        reply: oneshot::Sender<Result<KeyValue>>,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+        reply: oneshot::Sender<Result<KeyValue>>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+        reply: oneshot::Sender<Result<DeleteResult>>,
+    },
     /// Records a new compaction point; answers whether it moved.
-    Compact { revision: Revision, reply: oneshot::Sender<Result<bool>> },
+    Compact {
+        revision: Revision,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     /// Deletes unneeded rows with revisions in `from..to`, for a compaction at `below`.
-    Purge { below: Revision, from: Revision, to: Revision, reply: oneshot::Sender<Result<usize>> },
+    Purge {
+        below: Revision,
+        from: Revision,
+        to: Revision,
+        reply: oneshot::Sender<Result<usize>>,
+    },
 }
 
 /// A request applied inside the open transaction, waiting for the commit.
 enum Applied {
-    Kv { reply: oneshot::Sender<Result<KeyValue>>, result: Result<KeyValue>, event: Option<Event> },
-    Delete { reply: oneshot::Sender<Result<DeleteResult>>, result: Result<DeleteResult>, event: Option<Event> },
-    Compact { reply: oneshot::Sender<Result<bool>>, result: Result<bool> },
-    Purge { reply: oneshot::Sender<Result<usize>>, result: Result<usize> },
+    Kv {
+        reply: oneshot::Sender<Result<KeyValue>>,
+        result: Result<KeyValue>,
+        event: Option<Event>,
+    },
+    Delete {
+        reply: oneshot::Sender<Result<DeleteResult>>,
+        result: Result<DeleteResult>,
+        event: Option<Event>,
+    },
+    Compact {
+        reply: oneshot::Sender<Result<bool>>,
+        result: Result<bool>,
+    },
+    Purge {
+        reply: oneshot::Sender<Result<usize>>,
+        result: Result<usize>,
+    },
 }
 
 impl Applied {
@@ -549,7 +749,10 @@ impl Writer {
     fn commit_batch(&mut self, batch: Vec<WriteRequest>) {
         let (head, compacted) = (self.head, self.compacted);
         let mut applied = Vec::with_capacity(batch.len());
-        let outcome = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let outcome = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
             Ok(mut tx) => {
                 for request in batch {
                     applied.push(apply(&mut tx, &mut self.head, &mut self.compacted, request));
@@ -557,7 +760,7 @@ impl Writer {
                 tx.commit()
             }
             Err(error) => {
-                applied.extend(batch.into_iter().map(|request| unapplied(request)));
+                applied.extend(batch.into_iter().map(unapplied));
                 Err(error)
             }
         };
@@ -571,16 +774,26 @@ impl Writer {
             self.compacted = compacted;
         }
         self.heads.revision.store(self.head, Ordering::Release);
-        self.heads.compacted.store(self.compacted, Ordering::Release);
+        self.heads
+            .compacted
+            .store(self.compacted, Ordering::Release);
         for request in applied {
             match request {
-                Applied::Kv { reply, result, event } => {
+                Applied::Kv {
+                    reply,
+                    result,
+                    event,
+                } => {
                     if let Some(event) = event {
                         let _ = self.live.send(Arc::new(event));
                     }
                     let _ = reply.send(result);
                 }
-                Applied::Delete { reply, result, event } => {
+                Applied::Delete {
+                    reply,
+                    result,
+                    event,
+                } => {
                     if let Some(event) = event {
                         let _ = self.live.send(Arc::new(event));
                     }
@@ -603,18 +816,35 @@ fn unapplied(request: WriteRequest) -> Applied {
         Err(SqliteError::Commit("the transaction did not start".into()).into())
     }
     match request {
-        WriteRequest::Create { reply, .. } | WriteRequest::Update { reply, .. } => {
-            Applied::Kv { reply, result: pending(), event: None }
-        }
-        WriteRequest::Delete { reply, .. } => Applied::Delete { reply, result: pending(), event: None },
-        WriteRequest::Compact { reply, .. } => Applied::Compact { reply, result: pending() },
-        WriteRequest::Purge { reply, .. } => Applied::Purge { reply, result: pending() },
+        WriteRequest::Create { reply, .. } | WriteRequest::Update { reply, .. } => Applied::Kv {
+            reply,
+            result: pending(),
+            event: None,
+        },
+        WriteRequest::Delete { reply, .. } => Applied::Delete {
+            reply,
+            result: pending(),
+            event: None,
+        },
+        WriteRequest::Compact { reply, .. } => Applied::Compact {
+            reply,
+            result: pending(),
+        },
+        WriteRequest::Purge { reply, .. } => Applied::Purge {
+            reply,
+            result: pending(),
+        },
     }
 }
 
 /// Applies one request in its own savepoint: on any error the savepoint is rolled back, so a
 /// failed request leaves nothing behind and the rest of the batch still commits.
-fn apply(tx: &mut Transaction<'_>, head: &mut Revision, compacted: &mut Revision, request: WriteRequest) -> Applied {
+fn apply(
+    tx: &mut Transaction<'_>,
+    head: &mut Revision,
+    compacted: &mut Revision,
+    request: WriteRequest,
+) -> Applied {
     fn in_savepoint<T>(
         tx: &mut Transaction<'_>,
         body: impl FnOnce(&Connection) -> Result<T>,
@@ -635,22 +865,53 @@ fn apply(tx: &mut Transaction<'_>, head: &mut Revision, compacted: &mut Revision
                 conn.prepare_cached("INSERT INTO current (key, revision) VALUES (?1, ?2)")
                     .and_then(|mut statement| statement.execute(params![key.as_bytes(), revision]))
                     .map_err(query("indexing a created key"))?;
-                Ok(KeyValue { key: key.clone(), value: value.clone(), create_revision: revision, mod_revision: revision })
+                Ok(KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: revision,
+                    mod_revision: revision,
+                })
             });
             let event = result.as_ref().ok().map(|kv| {
                 *head = revision;
-                Event { kind: EventKind::Put, kv: kv.clone(), prev_kv: None }
+                Event {
+                    kind: EventKind::Put,
+                    kv: kv.clone(),
+                    prev_kv: None,
+                }
             });
-            Applied::Kv { reply, result, event }
+            Applied::Kv {
+                reply,
+                result,
+                event,
+            }
         }
-        WriteRequest::Update { key, value, expected, reply } => {
+        WriteRequest::Update {
+            key,
+            value,
+            expected,
+            reply,
+        } => {
             let revision = *head + 1;
             let result = in_savepoint(tx, |conn| {
-                let previous = current(conn, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                let previous =
+                    current(conn, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 if previous.mod_revision != expected {
-                    return Err(StoreError::Conflict { key: key.clone(), expected, current: Some(previous) });
+                    return Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected,
+                        current: Some(previous),
+                    });
                 }
-                insert_row(conn, revision, &key, previous.create_revision, previous.mod_revision, false, &value)?;
+                insert_row(
+                    conn,
+                    revision,
+                    &key,
+                    previous.create_revision,
+                    previous.mod_revision,
+                    false,
+                    &value,
+                )?;
                 conn.prepare_cached("UPDATE current SET revision = ?2 WHERE key = ?1")
                     .and_then(|mut statement| statement.execute(params![key.as_bytes(), revision]))
                     .map_err(query("indexing an updated key"))?;
@@ -665,23 +926,48 @@ fn apply(tx: &mut Transaction<'_>, head: &mut Revision, compacted: &mut Revision
             let (result, event) = match result {
                 Ok((kv, previous)) => {
                     *head = revision;
-                    let event = Event { kind: EventKind::Put, kv: kv.clone(), prev_kv: Some(previous) };
+                    let event = Event {
+                        kind: EventKind::Put,
+                        kv: kv.clone(),
+                        prev_kv: Some(previous),
+                    };
                     (Ok(kv), Some(event))
                 }
                 Err(error) => (Err(error), None),
             };
-            Applied::Kv { reply, result, event }
+            Applied::Kv {
+                reply,
+                result,
+                event,
+            }
         }
-        WriteRequest::Delete { key, expected, reply } => {
+        WriteRequest::Delete {
+            key,
+            expected,
+            reply,
+        } => {
             let revision = *head + 1;
             let result = in_savepoint(tx, |conn| {
-                let previous = current(conn, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                let previous =
+                    current(conn, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 if let Some(expected) = expected
                     && previous.mod_revision != expected
                 {
-                    return Err(StoreError::Conflict { key: key.clone(), expected, current: Some(previous) });
+                    return Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected,
+                        current: Some(previous),
+                    });
                 }
-                insert_row(conn, revision, &key, 0, previous.mod_revision, true, &Bytes::new())?;
+                insert_row(
+                    conn,
+                    revision,
+                    &key,
+                    0,
+                    previous.mod_revision,
+                    true,
+                    &Bytes::new(),
+                )?;
                 conn.prepare_cached("DELETE FROM current WHERE key = ?1")
                     .and_then(|mut statement| statement.execute([key.as_bytes()]))
                     .map_err(query("unindexing a deleted key"))?;
@@ -690,24 +976,48 @@ fn apply(tx: &mut Transaction<'_>, head: &mut Revision, compacted: &mut Revision
             let (result, event) = match result {
                 Ok(previous) => {
                     *head = revision;
-                    let kv = KeyValue { key, value: Bytes::new(), create_revision: 0, mod_revision: revision };
-                    let event = Event { kind: EventKind::Delete, kv, prev_kv: Some(previous.clone()) };
-                    (Ok(DeleteResult { prev: previous, revision }), Some(event))
+                    let kv = KeyValue {
+                        key,
+                        value: Bytes::new(),
+                        create_revision: 0,
+                        mod_revision: revision,
+                    };
+                    let event = Event {
+                        kind: EventKind::Delete,
+                        kv,
+                        prev_kv: Some(previous.clone()),
+                    };
+                    (
+                        Ok(DeleteResult {
+                            prev: previous,
+                            revision,
+                        }),
+                        Some(event),
+                    )
                 }
                 Err(error) => (Err(error), None),
             };
-            Applied::Delete { reply, result, event }
+            Applied::Delete {
+                reply,
+                result,
+                event,
+            }
         }
         WriteRequest::Compact { revision, reply } => {
             let result = if revision > *head {
-                Err(StoreError::FutureRevision { requested: revision, current: *head })
+                Err(StoreError::FutureRevision {
+                    requested: revision,
+                    current: *head,
+                })
             } else if revision <= *compacted {
                 Ok(false)
             } else {
                 in_savepoint(tx, |conn| {
-                    conn.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES ('compacted', ?1)")
-                        .and_then(|mut statement| statement.execute([revision]))
-                        .map_err(query("recording the compacted revision"))?;
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES ('compacted', ?1)",
+                    )
+                    .and_then(|mut statement| statement.execute([revision]))
+                    .map_err(query("recording the compacted revision"))?;
                     Ok(true)
                 })
             };
@@ -716,7 +1026,12 @@ fn apply(tx: &mut Transaction<'_>, head: &mut Revision, compacted: &mut Revision
             }
             Applied::Compact { reply, result }
         }
-        WriteRequest::Purge { below, from, to, reply } => {
+        WriteRequest::Purge {
+            below,
+            from,
+            to,
+            reply,
+        } => {
             // A row below the compaction point is needed only while it is its key's newest row
             // below that point and not a tombstone: reads at `>= below` may return it, and it
             // is the `prev_kv` of the key's next event. Tombstones below it are never needed:

@@ -30,7 +30,8 @@ pub(crate) trait History: Send + Sync + 'static {
     /// Events for keys under `prefix` with revision `>= from`, ascending, at most `limit`, read
     /// from one consistent snapshot. Errors: `Compacted` when `from` is below the compacted
     /// revision.
-    async fn events_since(&self, prefix: &str, from: Revision, limit: usize) -> Result<HistoryPage>;
+    async fn events_since(&self, prefix: &str, from: Revision, limit: usize)
+    -> Result<HistoryPage>;
 }
 
 /// One page of history.
@@ -89,7 +90,11 @@ impl Watcher {
             match self.state {
                 State::Done => return None,
                 State::CatchingUp => {
-                    let page = match self.history.events_since(&self.prefix, self.next, REPLAY_PAGE).await {
+                    let page = match self
+                        .history
+                        .events_since(&self.prefix, self.next, REPLAY_PAGE)
+                        .await
+                    {
                         Ok(page) => page,
                         Err(error) => return Some(self.fail(error)),
                     };
@@ -117,11 +122,17 @@ impl Watcher {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, from = self.next, "watcher lagged; re-reading history");
+                        tracing::debug!(
+                            missed,
+                            from = self.next,
+                            "watcher lagged; re-reading history"
+                        );
                         self.state = State::CatchingUp;
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        return Some(self.fail(StoreError::Unavailable("the store was closed".into())));
+                        return Some(
+                            self.fail(StoreError::Unavailable("the store was closed".into())),
+                        );
                     }
                 },
             }

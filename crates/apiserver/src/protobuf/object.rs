@@ -169,7 +169,7 @@ impl Decoder {
                         let packed = r.length_delimited().map_err(|e| self.wire(e))?;
                         let mut p = Reader::new(packed);
                         while !p.is_empty() {
-                            let expected = packable_wire_type(field.value);
+                            let expected = wire_type_of(field.value);
                             items.extend(self.value(field.value, tag, expected, &mut p)?);
                         }
                     } else {
@@ -502,10 +502,6 @@ fn wire_type_of(kind: ValueKind) -> WireType {
 
 fn is_packable(kind: ValueKind) -> bool {
     wire_type_of(kind) != WireType::LengthDelimited
-}
-
-fn packable_wire_type(kind: ValueKind) -> WireType {
-    wire_type_of(kind)
 }
 
 /// The encoding of a map value that was left out of its entry: the type's zero value.
