@@ -260,6 +260,11 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
 }
 
 pub fn http_request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+    http_exchange(method, url, body, headers).map(|(code, _, body)| (code, body))
+}
+
+/// One request; returns the status, the response head (status line and headers) and the body.
+pub fn http_exchange(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> std::io::Result<(u16, String, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").ok_or_else(|| std::io::Error::other("http only"))?;
     let (host, path) = match rest.find('/') {
@@ -287,7 +292,7 @@ pub fn http_request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&s
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad response: {text:.200}")))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    Ok((code, body))
+    Ok((code, head.to_string(), body))
 }
 
 fn dechunk(body: &str) -> String {

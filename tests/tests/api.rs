@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use skiff_e2e::{Server, http_get, http_request};
+use skiff_e2e::{Server, http_exchange, http_get, http_request};
 
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 
@@ -219,4 +219,38 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
         assert!(lost.is_empty(), "round {round}: {} acknowledged writes lost, e.g. {:?}", lost.len(), lost.iter().take(5).collect::<Vec<_>>());
     }
     assert!(acknowledged.len() > 50, "too few writes to mean anything: {}", acknowledged.len());
+}
+
+#[test]
+fn watch_and_exact_list_from_compacted_history_get_410() {
+    let s = Server::start_with(&["--history-retention", "10s"]);
+    let (_, first) = post_json(&s, CM, &json!({"metadata": {"name": "old"}}));
+    let rv: i64 = first["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).expect("rv");
+    post_json(&s, CM, &json!({"metadata": {"name": "old2"}}));
+    // Retention 10 s, compactor tick 1 s, watch-cache trim every 5 s.
+    std::thread::sleep(Duration::from_secs(17));
+    post_json(&s, CM, &json!({"metadata": {"name": "new"}}));
+    let (c, body) = http_get(&format!("{}{CM}?watch=1&resourceVersion={}&timeoutSeconds=1", s.url, rv - 1)).expect("watch");
+    let v: Value = serde_json::from_str(body.lines().next().unwrap_or_default()).unwrap_or(Value::Null);
+    let expired = c == 410 || (v["type"] == "ERROR" && v["object"]["code"] == 410);
+    assert!(expired, "watch from a compacted revision: {c} {body}");
+    let (c, body) = http_get(&format!("{}{CM}?resourceVersion={rv}&resourceVersionMatch=Exact", s.url)).expect("list");
+    assert_eq!(c, 410, "{body}");
+    assert!(body.contains("\"reason\":\"Expired\""), "{body}");
+    // The current state is still there.
+    let (c, body) = http_get(&format!("{}{CM}", s.url)).expect("list");
+    assert_eq!(c, 200);
+    assert!(body.contains("\"old\"") && body.contains("\"new\""));
+}
+
+#[test]
+fn unknown_fields_are_dropped_unless_strict() {
+    let s = Server::start();
+    let (c, b) = post_json(&s, CM, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "loose", "bogus": 1}, "data": {"a": "1"}, "extra": true}));
+    assert_eq!(c, 201, "{b}");
+    assert!(b.get("extra").is_none() && b["metadata"].get("bogus").is_none(), "{b}");
+    assert_eq!(b["data"]["a"], "1");
+    let (c, head, text) = http_exchange("POST", &format!("{}{CM}?fieldValidation=Warn", s.url), Some(br#"{"metadata":{"name":"warned"},"extra":1}"#), &[("Content-Type", "application/json")]).expect("post");
+    assert_eq!(c, 201, "{text}");
+    assert!(head.to_ascii_lowercase().contains("warning: 299 - \"unknown field \\\"extra\\\"\""), "{head}");
 }

@@ -486,6 +486,49 @@ impl UnknownFieldWalk {
     }
 }
 
+/// Drops every field the schema does not know, like upstream decoding a body into its Go types
+/// (what `fieldValidation=Ignore|Warn` stores). Opaque and preserve-unknown-fields types are kept
+/// whole; values of the wrong JSON type are left for validation.
+pub fn prune_unknown_fields(def: &Definition, value: &mut Value) {
+    prune_definition(def, value, true);
+}
+
+fn prune_definition(def: &Definition, value: &mut Value, top_level: bool) {
+    if def.is_opaque() || def.preserves_unknown_fields() {
+        return;
+    }
+    let Value::Object(fields) = value else {
+        return;
+    };
+    fields.retain(|key, _| def.property(key).is_some() || (top_level && (key == "apiVersion" || key == "kind")));
+    for (key, child) in fields.iter_mut() {
+        if let Some(property) = def.property(key) {
+            prune_field(property.field_type(), child);
+        }
+    }
+}
+
+fn prune_field(field_type: &FieldType, value: &mut Value) {
+    match (field_type, value) {
+        (FieldType::Ref(_), value) => {
+            if let Some(def) = field_type.definition() {
+                prune_definition(def, value, false);
+            }
+        }
+        (FieldType::Array(items), Value::Array(elements)) => {
+            for element in elements {
+                prune_field(items, element);
+            }
+        }
+        (FieldType::Map(values), Value::Object(entries)) => {
+            for entry in entries.values_mut() {
+                prune_field(values, entry);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Appends `key` to a strict-decoding path (`a` then `a.b`); returns the length to restore.
 fn push_key(path: &mut String, key: &str) -> usize {
     let len = path.len();
@@ -606,6 +649,28 @@ impl<'de> Visitor<'de> for ScanValue<'_> {
             scan.path.truncate(len);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pruning_drops_only_unknown_fields() {
+        let def = definition_for_gvk("apps", "v1", "Deployment").expect("Deployment");
+        let mut v = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "bogus": 1,
+            "metadata": {"name": "x", "labels": {"any-key": "v"}, "nope": true},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "junk": 1, "resources": {"limits": {"cpu": "1"}}}]}}}
+        });
+        prune_unknown_fields(def, &mut v);
+        assert_eq!(v, json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "x", "labels": {"any-key": "v"}},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1"}}}]}}}
+        }));
     }
 }
 

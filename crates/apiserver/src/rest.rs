@@ -125,8 +125,23 @@ fn check_namespace(res: &Resource, ns: Option<&str>, obj: &mut Value) -> ApiResu
     }
 }
 
-/// Unknown and duplicate fields, handled as `fieldValidation` asks.
-fn check_fields(res: &Resource, raw: Option<(&[u8], BodyFormat)>, obj: &Value, mode: FieldValidation) -> ApiResult<Warnings> {
+/// Unknown and duplicate fields, handled as `fieldValidation` asks; unknown fields are then
+/// dropped, as upstream's decoding into typed objects does.
+fn check_fields(res: &Resource, raw: Option<(&[u8], BodyFormat)>, obj: &mut Value, mode: FieldValidation) -> ApiResult<Warnings> {
+    let def = api::schema::definition_for_gvk(res.group, res.version, res.kind);
+    let warnings = field_problems(def, raw, obj, mode)?;
+    if let Some(def) = def {
+        api::schema::prune_unknown_fields(def, obj);
+    }
+    Ok(warnings)
+}
+
+fn field_problems(
+    def: Option<&'static api::schema::Definition>,
+    raw: Option<(&[u8], BodyFormat)>,
+    obj: &Value,
+    mode: FieldValidation,
+) -> ApiResult<Warnings> {
     if mode == FieldValidation::Ignore {
         return Ok(vec![]);
     }
@@ -136,7 +151,7 @@ fn check_fields(res: &Resource, raw: Option<(&[u8], BodyFormat)>, obj: &Value, m
             problems.extend(dups.into_iter().map(|p| format!("duplicate field \"{p}\"")));
         }
     }
-    if let Some(def) = api::schema::definition_for_gvk(res.group, res.version, res.kind) {
+    if let Some(def) = def {
         problems.extend(api::schema::unknown_fields(def, obj).into_iter().map(|p| format!("unknown field \"{p}\"")));
     }
     if problems.is_empty() {
@@ -209,7 +224,7 @@ pub async fn create(
     }
     check_type(res, &mut obj)?;
     check_namespace(res, ns, &mut obj)?;
-    let warnings = check_fields(res, raw, &obj, opts.field_validation)?;
+    let warnings = check_fields(res, raw, &mut obj, opts.field_validation)?;
 
     // Name or generateName.
     let name = match object::name(&obj) {
@@ -308,7 +323,7 @@ where
                 )));
             }
         }
-        let warnings = check_fields(res, raw.as_ref().map(|(b, f)| (b.as_slice(), *f)), &new, opts.field_validation)?;
+        let warnings = check_fields(res, raw.as_ref().map(|(b, f)| (b.as_slice(), *f)), &mut new, opts.field_validation)?;
         // A resourceVersion in the new object is an optimistic-concurrency precondition.
         if let Some(rv) = object::resource_version(&new) {
             if rv != kv.mod_revision.to_string() {

@@ -91,6 +91,9 @@ impl CachedEvent {
     }
 }
 
+/// How often the window is trimmed to the store's compacted revision.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
 struct Window {
     events: VecDeque<Arc<CachedEvent>>,
     /// Watches from any revision `>= start` can be served from `events`.
@@ -178,6 +181,17 @@ impl WatchCache {
         self.latest_tx.send_replace(rev);
     }
 
+    /// Drops events the store has compacted away, so the window never promises history the
+    /// store no longer has (a watch from before compaction gets 410 Expired, as upstream).
+    pub fn trim_compacted(&self, compacted: Revision) {
+        let mut w = self.lock();
+        while w.events.front().is_some_and(|e| e.revision < compacted) {
+            w.events.pop_front();
+        }
+        // Watches "after X" need revision X+1 onwards; the store serves revisions >= compacted.
+        w.start = w.start.max(compacted - 1).min(w.latest);
+    }
+
     /// Moves the window to `rev` with no events (after the feed fell behind compaction).
     fn reset(&self, rev: Revision) {
         {
@@ -212,9 +226,16 @@ impl WatchCache {
                 }
             };
             backoff = Duration::from_millis(100);
+            let mut trim = tokio::time::interval(TRIM_INTERVAL);
             loop {
                 let next = tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = trim.tick() => {
+                        if let Ok(compacted) = store.compacted_revision().await {
+                            self.trim_compacted(compacted);
+                        }
+                        continue;
+                    }
                     n = stream.next() => n,
                 };
                 match next {
@@ -285,6 +306,18 @@ mod tests {
         assert_eq!(evs[0].event_type, WatchEventType::Modified);
         assert_eq!(evs[0].object["metadata"]["resourceVersion"], "13");
         assert!(cache.events_after(15, 100).expect("in window").0.is_empty());
+    }
+
+    #[test]
+    fn trimming_follows_store_compaction() {
+        let cache = WatchCache::new(0, 100);
+        for r in 1..=10 {
+            cache.push(CachedEvent::from_store(put("/registry/a", r, r > 1)).expect("decodes"));
+        }
+        cache.trim_compacted(6);
+        assert!(cache.events_after(4, 100).is_none(), "revision 5 was compacted");
+        let (evs, _) = cache.events_after(5, 100).expect("from 6 on is kept");
+        assert_eq!(evs.first().map(|e| e.revision), Some(6));
     }
 
     #[test]
