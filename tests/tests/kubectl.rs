@@ -278,3 +278,20 @@ fn version_reports_1_33() {
     let out = server.kubectl("1.33").run(&["version", "-o", "json"]).ok();
     assert!(out.stdout.contains("\"minor\": \"33\""), "{}", out.stdout);
 }
+
+#[test]
+fn server_dry_run_validates_without_writing() {
+    each_kubectl(|_, k| {
+        let out = k.run(&["create", "configmap", "ghost", "--from-literal=a=1", "--dry-run=server"]).ok();
+        assert_eq!(out.stdout.trim(), "configmap/ghost created (server dry run)");
+        let out = k.run(&["get", "configmap", "ghost"]).fail();
+        assert!(out.stderr.contains("(NotFound)"), "{}", out.stderr);
+        // A dry run still runs validation.
+        let out = k.run(&["create", "configmap", "Bad_Name", "--dry-run=server"]).fail();
+        assert!(out.stderr.contains("metadata.name: Invalid value: \"Bad_Name\""), "{}", out.stderr);
+        let f = k.with_file("deploy.yaml", DEPLOYMENT);
+        let out = k.run(&["apply", "-f", f.to_str().unwrap_or_default(), "--dry-run=server"]).ok();
+        assert_eq!(out.stdout.trim(), "deployment.apps/web created (server dry run)");
+        k.run(&["get", "deploy", "web"]).fail();
+    });
+}

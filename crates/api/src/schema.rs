@@ -486,6 +486,16 @@ impl UnknownFieldWalk {
     }
 }
 
+/// The volume source keys of core/v1 `Volume` (every property but `name`), from the upstream
+/// schema: `hostPath`, `emptyDir`, `configMap`, … Defaulting and validation both need them.
+pub fn volume_source_keys() -> impl Iterator<Item = &'static str> {
+    definition("io.k8s.api.core.v1.Volume")
+        .into_iter()
+        .flat_map(|d| d.properties().iter())
+        .map(|p| p.name())
+        .filter(|n| *n != "name")
+}
+
 /// Drops every field the schema does not know, like upstream decoding a body into its Go types
 /// (what `fieldValidation=Ignore|Warn` stores). Opaque and preserve-unknown-fields types are kept
 /// whole; values of the wrong JSON type are left for validation.
@@ -656,6 +666,13 @@ impl<'de> Visitor<'de> for ScanValue<'_> {
 mod prune_tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn volume_sources_come_from_the_schema() {
+        let keys: Vec<&str> = volume_source_keys().collect();
+        assert!(keys.contains(&"emptyDir") && keys.contains(&"configMap") && keys.contains(&"csi"), "{keys:?}");
+        assert!(!keys.contains(&"name"));
+    }
 
     #[test]
     fn pruning_drops_only_unknown_fields() {

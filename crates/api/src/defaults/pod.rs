@@ -11,40 +11,6 @@ use super::{
 /// The three container lists that share `SetDefaults_Container`.
 const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
 
-/// Volume source keys of core/v1 `VolumeSource`: a volume with none of them becomes an
-/// `emptyDir` (SetDefaults_Volume's `AllPtrFieldsNil` check).
-const VOLUME_SOURCES: [&str; 30] = [
-    "hostPath",
-    "emptyDir",
-    "gcePersistentDisk",
-    "awsElasticBlockStore",
-    "gitRepo",
-    "secret",
-    "nfs",
-    "iscsi",
-    "glusterfs",
-    "persistentVolumeClaim",
-    "rbd",
-    "flexVolume",
-    "cinder",
-    "cephfs",
-    "flocker",
-    "downwardAPI",
-    "fc",
-    "azureFile",
-    "configMap",
-    "vsphereVolume",
-    "quobyte",
-    "azureDisk",
-    "photonPersistentDisk",
-    "projected",
-    "portworxVolume",
-    "scaleIO",
-    "storageos",
-    "csi",
-    "ephemeral",
-    "image",
-];
 
 /// A Pod: the pod spec defaults plus what only materialises on Pods (upstream keeps these out
 /// of `SetDefaults_PodSpec` so templates of existing workloads do not change on upgrade,
@@ -204,9 +170,7 @@ fn default_requests_from_limits(container: &mut Map<String, Value>) {
 
 /// `SetDefaults_Volume` and the per-source defaults below it.
 fn default_volume(volume: &mut Map<String, Value>) {
-    if !VOLUME_SOURCES
-        .iter()
-        .any(|source| volume.get(*source).is_some_and(|v| !v.is_null()))
+    if !crate::schema::volume_source_keys().any(|source| volume.get(source).is_some_and(|v| !v.is_null()))
     {
         volume.insert("emptyDir".to_owned(), json!({}));
     }

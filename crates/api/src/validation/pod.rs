@@ -15,38 +15,6 @@ const RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
 const DNS_POLICIES: [&str; 4] = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
 const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
 const PROTOCOLS: [&str; 3] = ["SCTP", "TCP", "UDP"];
-const VOLUME_SOURCES: [&str; 30] = [
-    "hostPath",
-    "emptyDir",
-    "gcePersistentDisk",
-    "awsElasticBlockStore",
-    "gitRepo",
-    "secret",
-    "nfs",
-    "iscsi",
-    "glusterfs",
-    "persistentVolumeClaim",
-    "rbd",
-    "flexVolume",
-    "cinder",
-    "cephfs",
-    "flocker",
-    "downwardAPI",
-    "fc",
-    "azureFile",
-    "configMap",
-    "vsphereVolume",
-    "quobyte",
-    "azureDisk",
-    "photonPersistentDisk",
-    "projected",
-    "portworxVolume",
-    "scaleIO",
-    "storageos",
-    "csi",
-    "ephemeral",
-    "image",
-];
 
 pub(super) fn validate_pod(pod: &Value, errs: &mut Vec<FieldError>) {
     match at(pod, &["spec"]) {
@@ -221,9 +189,7 @@ fn validate_volumes(spec: &Value, field: &str, errs: &mut Vec<FieldError>) -> Ha
                 errs.push(FieldError::duplicate(format!("{path}.name"), name));
             }
         }
-        let sources: Vec<&str> = VOLUME_SOURCES
-            .iter()
-            .copied()
+        let sources: Vec<&str> = crate::schema::volume_source_keys()
             .filter(|s| at(volume, &[s]).is_some())
             .collect();
         match sources.as_slice() {
