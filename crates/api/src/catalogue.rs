@@ -213,8 +213,9 @@ pub static RESOURCES: &[Resource] = &[
         create_only: true,
         ..res!("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false, NONE, NONE, NO_SUB)
     },
-    // autoscaling/v2
+    // autoscaling: v2 is stored and preferred; v1 is converted (see `conversion`).
     res!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, STATUS),
+    res!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, STATUS),
     // batch/v1
     res!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, &["cj"], ALL, STATUS),
     res!("batch", "v1", "Job", "jobs", "job", true, NONE, ALL, STATUS),

@@ -1,7 +1,11 @@
 //! Conversion between a served version and the stored one.
 //!
-//! One resource is served in two shapes over one storage: `events` in core/v1 and in
-//! `events.k8s.io/v1` (upstream stores both as core Events; `pkg/apis/events/v1` converts).
+//! Two resources are served in two shapes over one storage:
+//! * `events` in core/v1 and `events.k8s.io/v1` (upstream stores both as core Events;
+//!   `pkg/apis/events/v1` converts);
+//! * `horizontalpodautoscalers` in `autoscaling/v2` (stored) and `autoscaling/v1`, whose single
+//!   `targetCPUUtilizationPercentage` is the v2 cpu Utilization metric
+//!   (`pkg/apis/autoscaling/v1/conversion.go`).
 //! Every other resource is stored as served.
 
 use serde_json::{Map, Value, json};
@@ -23,9 +27,67 @@ fn is_events_v1(res: &Resource) -> bool {
     res.group == "events.k8s.io" && res.kind == "Event"
 }
 
+fn is_hpa_v1(res: &Resource) -> bool {
+    res.group == "autoscaling" && res.version == "v1" && res.kind == "HorizontalPodAutoscaler"
+}
+
 /// Whether objects of `res` are stored in another shape than served.
 pub fn needs_conversion(res: &Resource) -> bool {
-    is_events_v1(res)
+    is_events_v1(res) || is_hpa_v1(res)
+}
+
+/// A v1 HPA (served) to its stored v2 form.
+fn hpa_v1_to_v2(obj: &Value) -> Value {
+    let mut out = obj.clone();
+    out["apiVersion"] = json!("autoscaling/v2");
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        if let Some(pct) = spec.remove("targetCPUUtilizationPercentage") {
+            spec.insert(
+                "metrics".into(),
+                json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": pct}}}]),
+            );
+        }
+    }
+    if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
+        if let Some(pct) = status.remove("currentCPUUtilizationPercentage") {
+            status.insert(
+                "currentMetrics".into(),
+                json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": pct}}}]),
+            );
+        }
+    }
+    out
+}
+
+/// The stored v2 HPA in its v1 shape: only the cpu Utilization metric has a v1 field.
+fn hpa_v2_to_v1(obj: &Value) -> Value {
+    let is_cpu_util = |m: &Value| {
+        m.get("type").and_then(Value::as_str) == Some("Resource")
+            && m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu")
+    };
+    let mut out = obj.clone();
+    out["apiVersion"] = json!("autoscaling/v1");
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        if let Some(Value::Array(metrics)) = spec.remove("metrics") {
+            if let Some(pct) = metrics
+                .iter()
+                .find(|m| is_cpu_util(m) && m.pointer("/resource/target/type").and_then(Value::as_str) == Some("Utilization"))
+                .and_then(|m| m.pointer("/resource/target/averageUtilization"))
+            {
+                spec.insert("targetCPUUtilizationPercentage".into(), pct.clone());
+            }
+        }
+        spec.remove("behavior");
+    }
+    if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
+        if let Some(Value::Array(metrics)) = status.remove("currentMetrics") {
+            if let Some(pct) = metrics.iter().find(|m| is_cpu_util(m)).and_then(|m| m.pointer("/resource/current/averageUtilization")) {
+                status.insert("currentCPUUtilizationPercentage".into(), pct.clone());
+            }
+        }
+        status.remove("conditions");
+    }
+    out
 }
 
 fn rename(obj: &Value, pairs: impl Iterator<Item = (&'static str, &'static str)>, api_version: &str) -> Value {
@@ -42,6 +104,9 @@ fn rename(obj: &Value, pairs: impl Iterator<Item = (&'static str, &'static str)>
 
 /// The stored (core/v1) form of an object of `res`.
 pub fn to_storage(res: &Resource, obj: &Value) -> Value {
+    if is_hpa_v1(res) {
+        return hpa_v1_to_v2(obj);
+    }
     if !is_events_v1(res) {
         return obj.clone();
     }
@@ -50,6 +115,9 @@ pub fn to_storage(res: &Resource, obj: &Value) -> Value {
 
 /// The served form of a stored object for `res`.
 pub fn from_storage(res: &Resource, obj: &Value) -> Value {
+    if is_hpa_v1(res) {
+        return hpa_v2_to_v1(obj);
+    }
     if !is_events_v1(res) {
         return obj.clone();
     }
@@ -71,5 +139,16 @@ mod tests {
         assert_eq!(from_storage(res, &stored), v1);
         let core = crate::catalogue::find("", "v1", "events").expect("events");
         assert!(!needs_conversion(core));
+    }
+
+    #[test]
+    fn hpa_v1_round_trips_through_v2() {
+        let res = crate::catalogue::find("autoscaling", "v1", "horizontalpodautoscalers").expect("hpa v1");
+        let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 5, "targetCPUUtilizationPercentage": 80}});
+        let stored = to_storage(res, &v1);
+        assert_eq!(stored["apiVersion"], "autoscaling/v2");
+        assert_eq!(stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
+        assert_eq!(from_storage(res, &stored), v1);
     }
 }

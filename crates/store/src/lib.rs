@@ -188,9 +188,13 @@ pub enum Backend {
     Memory,
     /// The SQLite database file (e.g. `<data-dir>/skiff.db`); it and its parent directories
     /// are created when missing.
-    Sqlite { path: std::path::PathBuf },
+    Sqlite {
+        path: std::path::PathBuf,
+    },
     /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
-    Etcd { endpoints: Vec<String> },
+    Etcd {
+        endpoints: Vec<String>,
+    },
 }
 
 /// Store-wide settings.
