@@ -1,5 +1,6 @@
 //! Kubernetes API knowledge, with no async and no I/O.
 //!
+//! * `apply`: server-side apply (merge, ownership, conflicts) and `metadata.managedFields`.
 //! * `catalogue`: every resource the API server serves (group, version, kind, plural, scope,
 //!   verbs, short names, subresources). A new kind is one entry here.
 //! * `schema`: a compact index of the upstream OpenAPI definitions (generated at build time from
@@ -11,6 +12,7 @@
 //! * `selectors`: label selectors (equality and set-based) and field selectors.
 //! * `printers`: server-side printing (`Table`) with upstream kubectl's columns.
 
+pub mod apply;
 pub mod catalogue;
 pub mod conversion;
 pub mod defaults;

@@ -240,6 +240,7 @@ impl FieldSet {
         node.members.insert(last.clone());
     }
 
+    #[cfg(test)]
     pub fn has(&self, path: &[PathElement]) -> bool {
         let Some((last, prefix)) = path.split_last() else {
             return false;

@@ -1,0 +1,1 @@
+//! garbage_collector (being written)
