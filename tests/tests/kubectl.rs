@@ -295,3 +295,30 @@ fn server_dry_run_validates_without_writing() {
         k.run(&["get", "deploy", "web"]).fail();
     });
 }
+
+#[test]
+fn server_side_apply_owns_fields_removes_dropped_ones_and_reports_conflicts() {
+    each_kubectl(|_, k| {
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  labels:\n    team: a\ndata:\n  keep: \"1\"\n  drop: \"2\"\n";
+        let f = k.with_file("owned.yaml", cm);
+        let out = k.run(&["apply", "--server-side", "-f", f.to_str().unwrap_or_default()]).ok();
+        assert_eq!(out.stdout.trim(), "configmap/owned serverside-applied");
+        let out = k.run(&["get", "cm", "owned", "-o", "jsonpath={.metadata.managedFields[0].manager} {.metadata.managedFields[0].operation}"]).ok();
+        assert_eq!(out.stdout.trim(), "kubectl Apply");
+
+        // Re-applying without `drop` removes it: the applier owned it.
+        let f = k.with_file("owned.yaml", &cm.replace("  drop: \"2\"\n", ""));
+        k.run(&["apply", "--server-side", "-f", f.to_str().unwrap_or_default()]).ok();
+        let out = k.run(&["get", "cm", "owned", "-o", "jsonpath={.data}"]).ok();
+        assert_eq!(out.stdout.trim(), r#"{"keep":"1"}"#);
+
+        // Another manager changes `keep`; applying the old value conflicts until forced.
+        k.run(&["patch", "cm", "owned", "--type=merge", "-p", r#"{"data":{"keep":"changed"}}"#]).ok();
+        let f = k.with_file("owned.yaml", &cm.replace("  drop: \"2\"\n", "").replace("keep: \"1\"", "keep: \"3\""));
+        let out = k.run(&["apply", "--server-side", "-f", f.to_str().unwrap_or_default()]).fail();
+        assert!(out.stderr.contains("conflict") && out.stderr.contains(".data.keep"), "{}", out.stderr);
+        k.run(&["apply", "--server-side", "--force-conflicts", "-f", f.to_str().unwrap_or_default()]).ok();
+        let out = k.run(&["get", "cm", "owned", "-o", "jsonpath={.data.keep}"]).ok();
+        assert_eq!(out.stdout, "3");
+    });
+}

@@ -101,7 +101,7 @@ async fn dispatch(
             let format = rest::body_format(headers)?;
             let raw = codec::read_body(body).await?;
             let obj = codec::decode_object(format, &raw)?;
-            let opts = WriteOptions::from_query(q)?;
+            let opts = WriteOptions::from_request(q, headers)?;
             let (obj, warnings) = rest::create(state, res, ns, obj, Some((&raw, format)), &opts).await?;
             let code = if res.create_only { StatusCode::CREATED } else { StatusCode::CREATED };
             Ok(respond(code, &rest::object_response(res, obj, shape, q), shape, &warnings))
@@ -121,7 +121,7 @@ async fn dispatch(
             let format = rest::body_format(headers)?;
             let raw = codec::read_body(body).await?;
             let new = codec::decode_object(format, &raw)?;
-            let opts = WriteOptions::from_query(q)?;
+            let opts = WriteOptions::from_request(q, headers)?;
             let raw_vec = raw.to_vec();
             let (obj, warnings) = rest::update(state, res, ns, name, kind, &opts, |_cur| {
                 Ok((new.clone(), Some((raw_vec.clone(), format))))
@@ -177,7 +177,7 @@ async fn finalize_namespace(
     let format = rest::body_format(headers)?;
     let raw = codec::read_body(body).await?;
     let new = codec::decode_object(format, &raw)?;
-    let opts = WriteOptions::from_query(q)?;
+    let opts = WriteOptions::from_request(q, headers)?;
     let finalizers = new.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
     let (obj, warnings) = rest::update(state, res, None, name, UpdateKind::Main, &opts, |cur| {
         let mut next = cur.clone();
@@ -208,7 +208,7 @@ async fn patch(
     let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let patch_type = PatchType::from_content_type(ct)?;
     let raw = codec::read_body(body).await?;
-    let opts = WriteOptions::from_query(q)?;
+    let opts = WriteOptions::from_request(q, headers)?;
     let patch_value: Option<Value> = match patch_type {
         PatchType::Json => None,
         PatchType::Apply => Some(codec::decode_yaml(&raw)?),
@@ -224,26 +224,62 @@ async fn patch(
             )));
         }
     }
+    let def = api::schema::definition_for_gvk(res.group, res.version, res.kind);
+    let api_version = res.api_version();
+    let sub = if kind == UpdateKind::Status { Some("status") } else { None };
+    let target = api::apply::Target { def, api_version: &api_version, kind: res.kind, subresource: sub };
+    let mut opts = opts;
+    let mut config = patch_value.clone().unwrap_or_else(|| json!({}));
     if patch_type == PatchType::Apply {
-        if opts.field_manager.as_deref().unwrap_or("").is_empty() {
-            return Err(ApiError::bad_request("PATCH with apply-patch+yaml requires fieldManager to be set"));
+        if q.get("fieldManager").unwrap_or("").is_empty() {
+            return Err(ApiError::bad_request(
+                "PATCH with apply-patch+yaml requires fieldManager to be set (e.g. ?fieldManager=kubectl)",
+            ));
         }
+        if object::name(&config).is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                object::name(&config).unwrap_or_default()
+            )));
+        }
+        // Upstream decodes the applied configuration into its type first: unknown fields are
+        // reported (Strict) or dropped (Warn, Ignore) before apply sees them.
+        let mut warnings = Vec::new();
+        if let Some(d) = def {
+            let unknown = api::schema::unknown_fields(d, &config);
+            if !unknown.is_empty() {
+                let problems: Vec<String> = unknown.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+                if opts.field_validation == crate::request::FieldValidation::Strict {
+                    return Err(ApiError::bad_request(format!("strict decoding error: {}", problems.join(", "))));
+                }
+                if opts.field_validation == crate::request::FieldValidation::Warn {
+                    warnings = problems;
+                }
+                api::schema::prune_unknown_fields(d, &mut config);
+            }
+        }
+        opts.applied = true;
         // Server-side apply of a missing object creates it.
         if kind == UpdateKind::Main && state.store.get(&res.key(ns, name)).await?.is_none() {
-            let mut obj = patch_value.clone().unwrap_or_else(|| json!({}));
-            if object::name(&obj).is_some_and(|n| n != name) {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({}) does not match the name on the URL ({name})",
-                    object::name(&obj).unwrap_or_default()
-                )));
-            }
+            let mut obj = api::apply::apply(None, &config, &opts.manager, opts.force, &target, &object::now_rfc3339())
+                .map_err(apply_error)?;
             object::meta_mut(&mut obj).insert("name".into(), json!(name));
-            let raw_apply = serde_json::to_vec(&obj).unwrap_or_default();
-            let (created, warnings) = rest::create(state, res, ns, obj, Some((&raw_apply, BodyFormat::Json)), &opts).await?;
+            let (created, mut more) = rest::create(state, res, ns, obj, None, &opts).await?;
+            warnings.append(&mut more);
             return Ok(respond(StatusCode::CREATED, &rest::object_response(res, created, shape, q), shape, &warnings));
         }
+        let (obj, _) = rest::update(state, res, ns, name, kind, &opts, |cur| {
+            let mut base = cur.clone();
+            if let Some(m) = base.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            let applied = api::apply::apply(Some(&base), &config, &opts.manager, opts.force, &target, &object::now_rfc3339())
+                .map_err(apply_error)?;
+            Ok((applied, None))
+        })
+        .await?;
+        return Ok(respond(StatusCode::OK, &rest::object_response(res, obj, shape, q), shape, &warnings));
     }
-    let def = api::schema::definition_for_gvk(res.group, res.version, res.kind);
     let (obj, warnings) = rest::update(state, res, ns, name, kind, &opts, |cur| {
         // A patch applies to the object as stored; its resourceVersion is not a precondition
         // unless the patch sets one.
@@ -255,7 +291,7 @@ async fn patch(
             (PatchType::Json, _) => api::patch::json_patch(&base, &raw).map_err(patch_error)?,
             (PatchType::Merge, Some(p)) => api::patch::merge_patch(&base, p).map_err(patch_error)?,
             // Without a schema (no such kind upstream) this falls back to merge-patch semantics.
-            (PatchType::Strategic | PatchType::Apply, Some(p)) => {
+            (PatchType::Strategic, Some(p)) => {
                 api::patch::strategic_merge_patch(&base, p, def).map_err(patch_error)?
             }
             _ => return Err(ApiError::bad_request("empty patch")),
@@ -275,6 +311,27 @@ async fn patch(
     })
     .await?;
     Ok(respond(StatusCode::OK, &rest::object_response(res, obj, shape, q), shape, &warnings))
+}
+
+/// A server-side apply failure as upstream's Status (409 conflicts with their causes, 400/500
+/// for configurations that cannot be applied).
+fn apply_error(e: api::apply::ApplyError) -> ApiError {
+    let status = e.to_status();
+    let code = e.http_status();
+    let mut err = ApiError::new(
+        code,
+        match code {
+            409 => "Conflict",
+            400 => "BadRequest",
+            422 => "Invalid",
+            _ => "InternalError",
+        },
+        status.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+    );
+    if let Some(causes) = status.pointer("/details/causes").and_then(Value::as_array) {
+        err = err.with_details(crate::error::Details { causes: causes.clone(), ..Default::default() });
+    }
+    err
 }
 
 /// A patch that cannot be applied, with upstream's status for the failure (400 malformed,

@@ -190,7 +190,7 @@ async fn openapi_v3_doc(Path(path): Path<String>) -> Response {
 /// marks the server ready. Retries until the store accepts the writes.
 async fn bootstrap(state: Arc<ApiState>) {
     let Some(ns_res) = api::catalogue::find("", "v1", "namespaces") else { return };
-    let opts = rest::WriteOptions { dry_run: false, field_validation: request::FieldValidation::Ignore, field_manager: None };
+    let opts = rest::WriteOptions::internal("skiff-apiserver");
     loop {
         let mut ok = true;
         for ns in rest::SYSTEM_NAMESPACES {

@@ -26,21 +26,63 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
-    pub field_manager: Option<String>,
+    /// Who is writing, for `metadata.managedFields`: `?fieldManager=`, else derived from the
+    /// User-Agent like upstream (`kubectl/v1.33.0 (…)` → `kubectl`).
+    pub manager: String,
+    /// `?force=true` (server-side apply takes conflicting fields).
+    pub force: bool,
+    /// The subresource written through (`status`, `scale`), recorded in managedFields.
+    pub subresource: Option<&'static str>,
+    /// Server-side apply already computed managedFields; do not record an Update.
+    pub applied: bool,
 }
 
 impl WriteOptions {
-    pub fn from_query(q: &Query) -> ApiResult<WriteOptions> {
-        let field_manager = q.get("fieldManager").map(String::from);
-        if let Some(m) = &field_manager {
-            if m.len() > 128 {
-                return Err(ApiError::bad_request(format!(
-                    "fieldManager: Too long: may not be longer than 128 (got {} characters)",
-                    m.len()
-                )));
+    pub fn from_request(q: &Query, headers: &HeaderMap) -> ApiResult<WriteOptions> {
+        let manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
+            Some(m) if m.len() > 128 => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("fieldManager: Too long: may not be more than 128 bytes (got {})", m.len()),
+                ));
             }
+            Some(m) => m.to_string(),
+            None => {
+                let ua = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                api::apply::manager_from_user_agent(ua)
+            }
+        };
+        Ok(WriteOptions {
+            dry_run: q.dry_run()?,
+            field_validation: q.field_validation()?,
+            manager,
+            force: q.flag("force"),
+            subresource: None,
+            applied: false,
+        })
+    }
+
+    /// Options for the server's own writes (bootstrap).
+    pub fn internal(manager: &str) -> WriteOptions {
+        WriteOptions {
+            dry_run: false,
+            field_validation: FieldValidation::Ignore,
+            manager: manager.to_string(),
+            force: false,
+            subresource: None,
+            applied: false,
         }
-        Ok(WriteOptions { dry_run: q.dry_run()?, field_validation: q.field_validation()?, field_manager })
+    }
+}
+
+/// The managedFields target of a write to `res`.
+fn target<'a>(res: &'a Resource, api_version: &'a str, subresource: Option<&'static str>) -> api::apply::Target<'a> {
+    api::apply::Target {
+        def: api::schema::definition_for_gvk(res.group, res.version, res.kind),
+        api_version,
+        kind: res.kind,
+        subresource,
     }
 }
 
@@ -259,6 +301,10 @@ pub async fn create(
     api::defaults::apply_defaults(res.group, res.version, res.kind, &mut obj);
     api::defaults::prepare_for_create(res.group, res.version, res.kind, &mut obj, &uid);
     strategy::prepare_for_create(res, &mut obj);
+    if !opts.applied {
+        let av = res.api_version();
+        api::apply::record_update(None, &mut obj, &opts.manager, &target(res, &av, opts.subresource), &object::now_rfc3339());
+    }
 
     let errors = api::validation::validate_create(res.group, res.version, res.kind, &obj);
     if !errors.is_empty() {
@@ -339,6 +385,11 @@ where
         preserve_system_metadata(&mut new, &current, name);
         if kind == UpdateKind::Main {
             api::defaults::apply_defaults(res.group, res.version, res.kind, &mut new);
+        }
+        if !opts.applied {
+            let sub = if kind == UpdateKind::Status { Some("status") } else { opts.subresource };
+            let av = res.api_version();
+            api::apply::record_update(Some(&current), &mut new, &opts.manager, &target(res, &av, sub), &object::now_rfc3339());
         }
         if strategy::has_generation(res) {
             let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);

@@ -71,7 +71,11 @@ pub async fn scale(
         }
         Method::PUT | Method::PATCH => {
             let raw = codec::read_body(body).await?;
-            let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..WriteOptions::from_query(q)? };
+            let opts = WriteOptions {
+                field_validation: crate::request::FieldValidation::Ignore,
+                subresource: Some("scale"),
+                ..WriteOptions::from_request(q, headers)?
+            };
             let patch_type = if *method == Method::PATCH {
                 let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
                 Some(PatchType::from_content_type(ct)?)
@@ -133,8 +137,7 @@ pub async fn binding(state: &SharedState, res: &'static Resource, ns: Option<&st
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")))?
         .to_string();
-    let opts = WriteOptions::from_query(q)?;
-    let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..opts };
+    let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..WriteOptions::from_request(q, headers)? };
     rest::update(state, res, ns, name, UpdateKind::Main, &opts, |cur| {
         if object::deletion_timestamp(cur).is_some() {
             return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));

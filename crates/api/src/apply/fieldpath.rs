@@ -169,7 +169,10 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
     }
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
-            match (x.as_i64().map(i128::from).or(x.as_u64().map(i128::from)), y.as_i64().map(i128::from).or(y.as_u64().map(i128::from))) {
+            match (
+                x.as_i64().map(i128::from).or(x.as_u64().map(i128::from)),
+                y.as_i64().map(i128::from).or(y.as_u64().map(i128::from)),
+            ) {
                 (Some(x), Some(y)) => x.cmp(&y),
                 _ => {
                     let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
@@ -485,10 +488,17 @@ mod tests {
         set.insert(&[
             field("spec"),
             field("ports"),
-            PathElement::Key(vec![("port".into(), json!(80)), ("protocol".into(), json!("TCP"))]),
+            PathElement::Key(vec![
+                ("port".into(), json!(80)),
+                ("protocol".into(), json!("TCP")),
+            ]),
             field("name"),
         ]);
-        set.insert(&[field("metadata"), field("finalizers"), PathElement::Value(json!("x"))]);
+        set.insert(&[
+            field("metadata"),
+            field("finalizers"),
+            PathElement::Value(json!("x")),
+        ]);
         let shown: Vec<String> = set.paths().iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
@@ -533,6 +543,9 @@ mod tests {
     fn numbers_compare_numerically() {
         assert!(values_equal(&json!(1), &json!(1.0)));
         assert_eq!(compare_values(&json!(1), &json!("a")), Ordering::Less);
-        assert!(values_equal(&json!({"a": 1, "b": 2}), &json!({"b": 2, "a": 1})));
+        assert!(values_equal(
+            &json!({"a": 1, "b": 2}),
+            &json!({"b": 2, "a": 1})
+        ));
     }
 }

@@ -184,9 +184,7 @@ pub fn encode(managed: &Managed) -> Vec<Value> {
     entries.sort_by(|(ka, ea), (kb, eb)| {
         ka.operation
             .cmp(&kb.operation)
-            .then_with(|| {
-                unix_seconds(ea.time.as_deref()).cmp(&unix_seconds(eb.time.as_deref()))
-            })
+            .then_with(|| unix_seconds(ea.time.as_deref()).cmp(&unix_seconds(eb.time.as_deref())))
             .then_with(|| ka.manager.cmp(&kb.manager))
             .then_with(|| ea.api_version.cmp(&eb.api_version))
             .then_with(|| ka.subresource.cmp(&kb.subresource))
@@ -253,10 +251,10 @@ pub fn cap_update_managers(managed: &mut Managed) {
         };
         match first_by_version.get(&version) {
             Some(first) => {
-                if !managed.contains_key(&bucket) {
-                    if let Some(first_entry) = managed.remove(first) {
-                        managed.insert(bucket.clone(), first_entry);
-                    }
+                if !managed.contains_key(&bucket)
+                    && let Some(first_entry) = managed.remove(first)
+                {
+                    managed.insert(bucket.clone(), first_entry);
                 }
                 if let Some(bucket_entry) = managed.get_mut(&bucket) {
                     bucket_entry.set = entry.set.union(&bucket_entry.set);

@@ -29,8 +29,8 @@ mod typed;
 use serde_json::{Map, Value};
 
 use self::fieldpath::{FieldSet, PathElement, values_equal};
-use self::managed::{Entry, ManagerKey, Managed};
 pub use self::managed::Operation;
+use self::managed::{Entry, Managed, ManagerKey};
 use self::typed::{Shape, TypedError};
 use crate::schema::Definition;
 
@@ -232,11 +232,16 @@ pub fn apply(
     let Value::Object(fields) = config else {
         return Err(ApplyError::NotAnObject(json_type_name(config)));
     };
-    let api_version = fields.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api_version = fields
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = fields.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version != target.api_version || kind != target.kind {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        return Err(ApplyError::WrongKind(format!("{group}/{version}, Kind={kind}")));
+        return Err(ApplyError::WrongKind(format!(
+            "{group}/{version}, Kind={kind}"
+        )));
     }
     if config
         .pointer("/metadata/managedFields")
@@ -273,7 +278,15 @@ pub fn apply(
     let pruned = prune(&merged, &managed, last_set.as_ref(), &shape);
 
     let mut updated = managed.clone();
-    if let Err(conflicts) = take_changes(&live_object, &pruned, &mut updated, &key, force, &reset, target) {
+    if let Err(conflicts) = take_changes(
+        &live_object,
+        &pruned,
+        &mut updated,
+        &key,
+        force,
+        &reset,
+        target,
+    ) {
         // A kubectl apply that only conflicts on fields it set before with client-side apply
         // (same values as in the last-applied annotation) takes them over (upstream
         // `lastAppliedManager`).
@@ -287,14 +300,22 @@ pub fn apply(
         };
         let remaining: Vec<Conflict> = conflicts
             .into_iter()
-            .filter(|c| !allowed.iter().any(|field| *field == c.field))
+            .filter(|c| !allowed.contains(&c.field))
             .collect();
         if !remaining.is_empty() {
             return Err(ApplyError::Conflicts(remaining));
         }
         updated = managed;
         // With force there are no conflicts, so this cannot fail.
-        let _ = take_changes(&live_object, &pruned, &mut updated, &key, true, &reset, target);
+        let _ = take_changes(
+            &live_object,
+            &pruned,
+            &mut updated,
+            &key,
+            true,
+            &reset,
+            target,
+        );
     }
     let mut managed = updated;
     strip_meta(&mut managed, &key);
@@ -361,13 +382,22 @@ pub fn record_update(
     comparison.exclude(&reset);
     let changed = comparison.modified_or_added();
     for entry in managed.values_mut() {
-        entry.set = entry.set.difference(&changed).difference(&comparison.removed);
+        entry.set = entry
+            .set
+            .difference(&changed)
+            .difference(&comparison.removed);
     }
     managed.retain(|_, entry| !entry.set.is_empty());
 
-    let name = if manager.is_empty() { "unknown" } else { manager };
+    let name = if manager.is_empty() {
+        "unknown"
+    } else {
+        manager
+    };
     let key = ManagerKey::new(name, Operation::Update, target);
-    let mut owned = changed.recursive_difference(&reset).difference(&managed::strip_set());
+    let mut owned = changed
+        .recursive_difference(&reset)
+        .difference(&managed::strip_set());
     if !owned.is_empty() {
         if let Some(previous) = managed.get(&key) {
             owned = owned.union(&previous.set);
@@ -392,7 +422,8 @@ fn prune(merged: &Value, managed: &Managed, last_set: Option<&FieldSet>, shape: 
         return merged.clone();
     };
     let ensure = |set: &FieldSet| typed::ensure_named_fields_are_members(set, shape);
-    let fields_of = |value: &Value| ensure(&typed::field_set(value, shape, false).unwrap_or_default());
+    let fields_of =
+        |value: &Value| ensure(&typed::field_set(value, shape, false).unwrap_or_default());
     let last = ensure(last);
     let pruned = typed::remove_items(merged, &last, shape);
 
@@ -405,7 +436,9 @@ fn prune(merged: &Value, managed: &Managed, last_set: Option<&FieldSet>, shape: 
     let pruned = typed::remove_items(merged, &merged_set.difference(&keep), shape);
 
     // addBackDanglingItems: only what the applier owned last time may go.
-    let gone = merged_set.difference(&fields_of(&pruned)).intersection(&last);
+    let gone = merged_set
+        .difference(&fields_of(&pruned))
+        .intersection(&last);
     typed::remove_items(merged, &gone, shape)
 }
 
@@ -448,7 +481,10 @@ fn take_changes(
     }
     for (other, entry) in managed.iter_mut() {
         if other != key {
-            entry.set = entry.set.difference(&changed).difference(&comparison.removed);
+            entry.set = entry
+                .set
+                .difference(&changed)
+                .difference(&comparison.removed);
         }
     }
     managed.retain(|_, entry| !entry.set.is_empty());
@@ -485,7 +521,10 @@ fn reset_fields(target: &Target) -> FieldSet {
             }
             _ => {}
         }
-    } else if target.def.is_none_or(|def| def.property("status").is_some()) {
+    } else if target
+        .def
+        .is_none_or(|def| def.property("status").is_some())
+    {
         reset.insert(&[field("status")]);
     }
     reset

@@ -79,10 +79,21 @@ fn create_via_apply_owns_the_configuration() {
     }]);
     assert_eq!(created, expected);
     // Key order is upstream's ManagedFieldsEntry field order.
-    let keys: Vec<&String> = entries(&created)[0].as_object().expect("entry").keys().collect();
+    let keys: Vec<&String> = entries(&created)[0]
+        .as_object()
+        .expect("entry")
+        .keys()
+        .collect();
     assert_eq!(
         keys,
-        ["manager", "operation", "apiVersion", "time", "fieldsType", "fieldsV1"]
+        [
+            "manager",
+            "operation",
+            "apiVersion",
+            "time",
+            "fieldsType",
+            "fieldsV1"
+        ]
     );
 }
 
@@ -98,7 +109,10 @@ fn reapplying_without_a_field_removes_it() {
         json!({"f:labels": {"f:app": {}}})
     );
     assert_eq!(entries(&updated).len(), 1);
-    assert_eq!(entry(&updated, "kubectl", "Apply").expect("entry")["time"], T1);
+    assert_eq!(
+        entry(&updated, "kubectl", "Apply").expect("entry")["time"],
+        T1
+    );
 }
 
 #[test]
@@ -118,7 +132,8 @@ fn a_field_two_appliers_own_stays_until_both_drop_it() {
     let live = apply_ok(Some(&live), &alice, "alice", T1);
     assert_eq!(live["metadata"]["labels"]["shared"], "yes");
     // Bob drops it too (he applies nothing else): now it goes, and so does his entry.
-    let bob_empty = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
+    let bob_empty =
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
     let live = apply_ok(Some(&live), &bob_empty, "bob", T2);
     assert!(live["metadata"]["labels"].get("shared").is_none());
     assert!(entry(&live, "bob", "Apply").is_none());
@@ -128,11 +143,18 @@ fn a_field_two_appliers_own_stays_until_both_drop_it() {
 fn conflicts_with_an_update_manager_and_force() {
     // Created by client-side apply (an Update).
     let mut live = deployment(2, json!({"app": "web"}), nginx());
-    record_update(None, &mut live, "kubectl-client-side-apply", &deployments(), T0);
+    record_update(
+        None,
+        &mut live,
+        "kubectl-client-side-apply",
+        &deployments(),
+        T0,
+    );
     live["metadata"]["uid"] = json!("u1");
 
     let config = deployment(3, json!({"app": "web"}), nginx());
-    let err = apply(Some(&live), &config, "other", false, &deployments(), T1).expect_err("conflict");
+    let err =
+        apply(Some(&live), &config, "other", false, &deployments(), T1).expect_err("conflict");
     assert_eq!(err.http_status(), 409);
     assert_eq!(
         err.to_string(),
@@ -150,24 +172,39 @@ fn conflicts_with_an_update_manager_and_force() {
 
     let forced = apply(Some(&live), &config, "other", true, &deployments(), T1).expect("force");
     assert_eq!(forced["spec"]["replicas"], 3);
-    assert!(fields(&forced, "other", "Apply")["f:spec"].get("f:replicas").is_some());
+    assert!(
+        fields(&forced, "other", "Apply")["f:spec"]
+            .get("f:replicas")
+            .is_some()
+    );
     let csa = fields(&forced, "kubectl-client-side-apply", "Update");
     assert!(csa["f:spec"].get("f:replicas").is_none());
     assert!(csa["f:spec"].get("f:template").is_some());
     // Same values everywhere else: shared, not conflicting.
-    assert!(fields(&forced, "other", "Apply")["f:spec"].get("f:template").is_some());
+    assert!(
+        fields(&forced, "other", "Apply")["f:spec"]
+            .get("f:template")
+            .is_some()
+    );
 }
 
 #[test]
 fn several_conflicts_are_grouped_by_manager() {
     let mut live = deployment(2, json!({"app": "web"}), nginx());
-    record_update(None, &mut live, "kubectl-client-side-apply", &deployments(), T0);
+    record_update(
+        None,
+        &mut live,
+        "kubectl-client-side-apply",
+        &deployments(),
+        T0,
+    );
     let config = deployment(
         3,
         json!({"app": "web"}),
         json!([{"name": "nginx", "image": "nginx:1.28", "ports": [{"containerPort": 80}]}]),
     );
-    let err = apply(Some(&live), &config, "other", false, &deployments(), T1).expect_err("conflicts");
+    let err =
+        apply(Some(&live), &config, "other", false, &deployments(), T1).expect_err("conflicts");
     assert_eq!(
         err.to_string(),
         "Apply failed with 2 conflicts: conflicts with \"kubectl-client-side-apply\" using apps/v1:\n- .spec.replicas\n- .spec.template.spec.containers[name=\"nginx\"].image"
@@ -176,7 +213,12 @@ fn several_conflicts_are_grouped_by_manager() {
 
 #[test]
 fn associative_lists_merge_by_key_and_keep_other_managers_items() {
-    let live = apply_ok(None, &deployment(1, json!({"app": "web"}), nginx()), "kubectl", T0);
+    let live = apply_ok(
+        None,
+        &deployment(1, json!({"app": "web"}), nginx()),
+        "kubectl",
+        T0,
+    );
     // A sidecar injector applies only its container.
     let sidecar = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"template": {"spec": {"containers": [
@@ -195,12 +237,30 @@ fn associative_lists_merge_by_key_and_keep_other_managers_items() {
             "f:ports": {"k:{\"containerPort\":9901,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}, "f:protocol": {}}}}})
     );
     // kubectl re-applies its own config: the sidecar stays.
-    let live = apply_ok(Some(&live), &deployment(1, json!({"app": "web"}), nginx()), "kubectl", T2);
-    assert_eq!(live["spec"]["template"]["spec"]["containers"].as_array().map(Vec::len), Some(2));
+    let live = apply_ok(
+        Some(&live),
+        &deployment(1, json!({"app": "web"}), nginx()),
+        "kubectl",
+        T2,
+    );
+    assert_eq!(
+        live["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     // kubectl changes its image: nobody else owns it, no conflict.
     let newer = json!([{"name": "nginx", "image": "nginx:1.28", "ports": [{"containerPort": 80}]}]);
-    let live = apply_ok(Some(&live), &deployment(1, json!({"app": "web"}), newer), "kubectl", T2);
-    assert_eq!(live["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.28");
+    let live = apply_ok(
+        Some(&live),
+        &deployment(1, json!({"app": "web"}), newer),
+        "kubectl",
+        T2,
+    );
+    assert_eq!(
+        live["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.28"
+    );
 }
 
 #[test]
@@ -260,7 +320,7 @@ fn record_update_moves_ownership() {
     );
     let creator = fields(&next, "creator", "Update");
     assert!(creator["f:spec"].get("f:replicas").is_none());
-        // The labels map itself stays the creator's (a member without members below: `{}`).
+    // The labels map itself stays the creator's (a member without members below: `{}`).
     assert_eq!(creator["f:metadata"], json!({"f:labels": {}}));
     // Oldest first among Update entries.
     assert_eq!(entries(&next)[0]["manager"], "creator");
@@ -279,7 +339,10 @@ fn record_update_moves_ownership() {
         spec.remove("replicas");
     }
     record_update(Some(&next), &mut after, "cleaner", &deployments(), T2);
-    assert!(entry(&after, "kubectl-edit", "Update").is_none(), "{after:#}");
+    assert!(
+        entry(&after, "kubectl-edit", "Update").is_none(),
+        "{after:#}"
+    );
     assert!(entry(&after, "cleaner", "Update").is_none());
     assert!(entry(&after, "creator", "Update").is_some());
 }
@@ -305,7 +368,10 @@ fn record_update_honours_client_managed_fields_and_reset() {
     let mut invalid = live.clone();
     invalid["metadata"]["managedFields"] = json!([{"manager": "bad", "operation": "Nope"}]);
     record_update(Some(&live), &mut invalid, "x", &deployments(), T1);
-    assert_eq!(invalid["metadata"]["managedFields"], live["metadata"]["managedFields"]);
+    assert_eq!(
+        invalid["metadata"]["managedFields"],
+        live["metadata"]["managedFields"]
+    );
 
     // An empty manager name is upstream's "unknown".
     let mut unnamed = live.clone();
@@ -328,7 +394,13 @@ fn status_writers_own_status_and_spec_writers_do_not() {
     let mut next = live.clone();
     next["status"]["replicas"] = json!(1);
     next["status"]["readyReplicas"] = json!(1);
-    record_update(Some(&live), &mut next, "skiff-controller", &status_target, T1);
+    record_update(
+        Some(&live),
+        &mut next,
+        "skiff-controller",
+        &status_target,
+        T1,
+    );
     let status_entry = entry(&next, "skiff-controller", "Update").expect("entry");
     assert_eq!(status_entry["subresource"], "status");
     assert_eq!(
@@ -346,7 +418,13 @@ fn kubectl_takes_over_client_side_applied_fields() {
     annotated["metadata"]["annotations"] =
         json!({ LAST_APPLIED_ANNOTATION: format!("{last_applied}\n") });
     let mut live = annotated.clone();
-    record_update(None, &mut live, "kubectl-client-side-apply", &deployments(), T0);
+    record_update(
+        None,
+        &mut live,
+        "kubectl-client-side-apply",
+        &deployments(),
+        T0,
+    );
 
     let mut changed = config.clone();
     changed["spec"]["replicas"] = json!(4);
@@ -396,23 +474,45 @@ fn invalid_configurations_are_rejected() {
 
     let unknown = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"bogus": 1}});
     let err = apply(None, &unknown, "m", false, &target, T0).expect_err("undeclared");
-    assert!(err.to_string().ends_with(".spec.bogus: field not declared in schema"));
+    assert!(
+        err.to_string()
+            .ends_with(".spec.bogus: field not declared in schema")
+    );
 }
 
 #[test]
 fn update_managers_are_capped() {
     let mut live = deployment(1, json!({}), nginx());
-    record_update(None, &mut live, "creator", &deployments(), "2025-01-01T00:00:00Z");
+    record_update(
+        None,
+        &mut live,
+        "creator",
+        &deployments(),
+        "2025-01-01T00:00:00Z",
+    );
     for i in 0..12 {
         let mut next = live.clone();
         next["metadata"]["labels"][format!("l{i}")] = json!("v");
-        record_update(Some(&live), &mut next, &format!("m{i:02}"), &deployments(), &format!("2025-01-01T00:{:02}:00Z", i + 1));
+        record_update(
+            Some(&live),
+            &mut next,
+            &format!("m{i:02}"),
+            &deployments(),
+            &format!("2025-01-01T00:{:02}:00Z", i + 1),
+        );
         live = next;
     }
-    let updaters = entries(&live).iter().filter(|e| e["operation"] == "Update").count();
+    let updaters = entries(&live)
+        .iter()
+        .filter(|e| e["operation"] == "Update")
+        .count();
     assert_eq!(updaters, managed::MAX_UPDATE_MANAGERS);
     let ancient = entry(&live, "ancient-changes", "Update").expect("ancient-changes");
-    assert!(ancient["fieldsV1"]["f:metadata"]["f:labels"].get("f:l0").is_some());
+    assert!(
+        ancient["fieldsV1"]["f:metadata"]["f:labels"]
+            .get("f:l0")
+            .is_some()
+    );
     assert!(entry(&live, "creator", "Update").is_none());
     assert!(entry(&live, "m11", "Update").is_some());
 }

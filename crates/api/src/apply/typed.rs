@@ -121,9 +121,18 @@ pub enum ListKind<'a> {
 /// The schema of one value.
 #[derive(Clone, Debug)]
 pub enum Shape<'a> {
-    Struct { def: &'a Definition, atomic: bool },
-    Map { values: &'a FieldType, atomic: bool },
-    List { items: &'a FieldType, kind: ListKind<'a> },
+    Struct {
+        def: &'a Definition,
+        atomic: bool,
+    },
+    Map {
+        values: &'a FieldType,
+        atomic: bool,
+    },
+    List {
+        items: &'a FieldType,
+        kind: ListKind<'a>,
+    },
     Scalar,
     /// No schema: deduced from the value (objects granular, lists atomic).
     Deduced,
@@ -144,10 +153,9 @@ impl<'a> Shape<'a> {
     /// The shape of a whole object of a kind (`None`: a kind without schema).
     pub fn root(def: Option<&'a Definition>) -> Shape<'a> {
         match def {
-            Some(def) if !def.is_opaque() && !def.preserves_unknown_fields() => Shape::Struct {
-                def,
-                atomic: false,
-            },
+            Some(def) if !def.is_opaque() && !def.preserves_unknown_fields() => {
+                Shape::Struct { def, atomic: false }
+            }
             _ => Shape::Deduced,
         }
     }
@@ -160,12 +168,10 @@ impl<'a> Shape<'a> {
             }
             FieldType::Object | FieldType::Any => Shape::Deduced,
             FieldType::Ref(_) => match field_type.definition() {
-                Some(def) if !def.is_opaque() && !def.preserves_unknown_fields() => {
-                    Shape::Struct {
-                        def,
-                        atomic: atomic_map || ATOMIC_DEFINITIONS.contains(&def.name()),
-                    }
-                }
+                Some(def) if !def.is_opaque() && !def.preserves_unknown_fields() => Shape::Struct {
+                    def,
+                    atomic: atomic_map || ATOMIC_DEFINITIONS.contains(&def.name()),
+                },
                 // IntOrString, Quantity, Time, RawExtension …: deduced from the value.
                 _ => Shape::Deduced,
             },
@@ -318,9 +324,7 @@ fn item_element(shape: &Shape, kind: &ListKind, item: &Value) -> Result<PathElem
             Value::Object(_) => {
                 Err("associative list without keys has an element that's a map type".into())
             }
-            Value::Array(_) => {
-                Err("not supported: associative list with lists as elements".into())
-            }
+            Value::Array(_) => Err("not supported: associative list with lists as elements".into()),
             Value::Null => {
                 Err("associative list without keys has an element that's an explicit null".into())
             }
@@ -350,7 +354,10 @@ fn item_elements(
             Err(_) => PathElement::Index(i),
         };
         if strict && !seen.insert(element.clone()) {
-            return Err(error_at(path, format!("duplicate entries for key {element}")));
+            return Err(error_at(
+                path,
+                format!("duplicate entries for key {element}"),
+            ));
         }
         out.push(element);
     }
@@ -419,10 +426,10 @@ fn collect_fields(
 pub fn ensure_named_fields_are_members(set: &FieldSet, shape: &Shape) -> FieldSet {
     let mut out = set.clone();
     for (element, child) in set.children() {
-        if let PathElement::Field(name) = element {
-            if shape.declares(name) {
-                out.insert_member(element.clone());
-            }
+        if let PathElement::Field(name) = element
+            && shape.declares(name)
+        {
+            out.insert_member(element.clone());
         }
         out.set_child(
             element.clone(),
@@ -487,10 +494,10 @@ fn compare_values(
     };
     let node = shape.node(probe);
     // Values of different kinds (a scalar replaced by an object) changed as a whole.
-    if let (Some(l), Some(_)) = (lhs, rhs) {
-        if kind_tag(&shape.node(l)) != kind_tag(&node) {
-            out.modified.insert(path);
-        }
+    if let (Some(l), Some(_)) = (lhs, rhs)
+        && kind_tag(&shape.node(l)) != kind_tag(&node)
+    {
+        out.modified.insert(path);
     }
     let in_leaf = match node {
         Node::Leaf => {
@@ -529,8 +536,14 @@ fn compare_values(
             false
         }
         Node::List(kind) => {
-            let l = lhs.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-            let r = rhs.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+            let l = lhs
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let r = rhs
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             if !(l.is_empty() && r.is_empty()) {
                 compare_list(l, r, shape, kind, path, out);
             }
@@ -591,11 +604,17 @@ fn compare_list(
         path.push(element);
         match (ls.len(), rs.len()) {
             (0..=1, 0..=1) => {
-                compare_values(ls.first().copied(), rs.first().copied(), &item_shape, path, out);
+                compare_values(
+                    ls.first().copied(),
+                    rs.first().copied(),
+                    &item_shape,
+                    path,
+                    out,
+                );
             }
             (2.., 2..) => {
-                let same = ls.len() == rs.len()
-                    && ls.iter().zip(rs).all(|(a, b)| values_equal(a, b));
+                let same =
+                    ls.len() == rs.len() && ls.iter().zip(rs).all(|(a, b)| values_equal(a, b));
                 if !same {
                     out.modified.insert(path);
                 }
@@ -674,8 +693,14 @@ fn merge_values(
             Ok(Some(Value::Object(out)))
         }
         Node::List(kind) => {
-            let l = lhs.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-            let r = rhs.and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+            let l = lhs
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let r = rhs
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             if l.is_empty() && r.is_empty() {
                 return Ok(keep_rhs());
             }
@@ -730,8 +755,7 @@ fn merge_list(
             }
             // A live item the configuration also holds waits for its turn in the
             // configuration's order.
-            if rhs_by_key.contains_key(element) && next_shared.is_some_and(|next| next != element)
-            {
+            if rhs_by_key.contains_key(element) && next_shared.is_some_and(|next| next != element) {
                 li += 1;
                 continue;
             }
@@ -922,7 +946,8 @@ mod tests {
         let err = field_set(&missing, &deployment(), true).expect_err("no key");
         assert_eq!(err.path, ".spec.template.spec.containers");
         assert!(err.message.starts_with("element 0: associative list with keys has an element that omits all key fields [\"name\"]"));
-        let duplicate = json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}});
+        let duplicate =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}});
         let err = merge(&json!({}), &duplicate, &deployment()).expect_err("duplicate");
         assert_eq!(
             err.to_string(),
@@ -946,7 +971,10 @@ mod tests {
             .filter_map(|c| c["name"].as_str())
             .collect();
         assert_eq!(names, ["side", "b", "a"]);
-        assert_eq!(merged["spec"]["template"]["spec"]["containers"][1]["image"], "b:2");
+        assert_eq!(
+            merged["spec"]["template"]["spec"]["containers"][1]["image"],
+            "b:2"
+        );
     }
 
     #[test]
@@ -954,7 +982,10 @@ mod tests {
         let old = json!({"spec": {"replicas": 1, "paused": true, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
         let new = json!({"spec": {"replicas": 2, "minReadySeconds": 5, "template": {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b"}]}}}});
         let cmp = compare(&old, &new, &deployment());
-        assert_eq!(encoded(&cmp.modified), json!({"f:spec": {"f:replicas": {}}}));
+        assert_eq!(
+            encoded(&cmp.modified),
+            json!({"f:spec": {"f:replicas": {}}})
+        );
         assert_eq!(encoded(&cmp.removed), json!({"f:spec": {"f:paused": {}}}));
         assert_eq!(
             encoded(&cmp.added),
@@ -967,8 +998,15 @@ mod tests {
     fn remove_items_drops_emptied_parents() {
         let value = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 1}});
         let mut set = FieldSet::new();
-        set.insert(&[PathElement::Field("metadata".into()), PathElement::Field("labels".into()), PathElement::Field("a".into())]);
-        assert_eq!(remove_items(&value, &set, &deployment()), json!({"spec": {"replicas": 1}}));
+        set.insert(&[
+            PathElement::Field("metadata".into()),
+            PathElement::Field("labels".into()),
+            PathElement::Field("a".into()),
+        ]);
+        assert_eq!(
+            remove_items(&value, &set, &deployment()),
+            json!({"spec": {"replicas": 1}})
+        );
     }
 
     #[test]
