@@ -137,42 +137,50 @@ async fn main() -> anyhow::Result<()> {
     let cm_url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
     let total = (args.crud_seconds * args.rate) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let mut ticker = tokio::time::interval(interval);
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        ticker.tick().await;
+    // Each name cycles create → update → delete on three consecutive ticks, in one task so the
+    // three never race; an op whose tick passed while the previous one ran starts at once.
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total / 3 + 1);
+    for n in 0..total.div_ceil(3) {
         let client = client.clone();
         let cm_url = cm_url.clone();
-        // Each name cycles create → update → delete over three consecutive ticks.
-        let n = i / 3;
-        let op = i % 3;
         tasks.push(tokio::spawn(async move {
             let name = format!("bench-{n}");
-            let t = Instant::now();
-            let r = match op {
-                0 => client.post(&cm_url).json(&json!({"metadata": {"name": name}, "data": {"v": "0"}})).send().await,
-                1 => {
-                    client
-                        .patch(format!("{cm_url}/{name}"))
-                        .header("Content-Type", "application/merge-patch+json")
-                        .body(r#"{"data":{"v":"1"}}"#)
-                        .send()
-                        .await
+            let mut out = Vec::with_capacity(3);
+            for op in 0..3 {
+                let i = n * 3 + op;
+                if i >= total {
+                    break;
                 }
-                _ => client.delete(format!("{cm_url}/{name}")).send().await,
-            };
-            let ok = matches!(&r, Ok(resp) if resp.status().is_success());
-            (op, t.elapsed(), ok)
+                tokio::time::sleep_until(t0 + interval * i as u32).await;
+                let t = Instant::now();
+                let r = match op {
+                    0 => client.post(&cm_url).json(&json!({"metadata": {"name": name}, "data": {"v": "0"}})).send().await,
+                    1 => {
+                        client
+                            .patch(format!("{cm_url}/{name}"))
+                            .header("Content-Type", "application/merge-patch+json")
+                            .body(r#"{"data":{"v":"1"}}"#)
+                            .send()
+                            .await
+                    }
+                    _ => client.delete(format!("{cm_url}/{name}")).send().await,
+                };
+                let ok = matches!(&r, Ok(resp) if resp.status().is_success());
+                out.push((op, t.elapsed(), ok));
+            }
+            out
         }));
     }
     let mut lat: [Vec<Duration>; 3] = [vec![], vec![], vec![]];
     let mut failures = 0;
     for t in tasks {
-        let (op, d, ok) = t.await?;
-        if !ok {
-            failures += 1;
+        for (op, d, ok) in t.await? {
+            if !ok {
+                failures += 1;
+            }
+            lat[op].push(d);
         }
-        lat[op].push(d);
     }
     let mut all: Vec<Duration> = lat.iter().flatten().copied().collect();
     all.sort();
