@@ -322,3 +322,35 @@ fn server_side_apply_owns_fields_removes_dropped_ones_and_reports_conflicts() {
         assert_eq!(out.stdout, "3");
     });
 }
+
+#[test]
+fn events_in_both_api_groups_and_autoscalers_in_both_versions() {
+    each_kubectl(|_, k| {
+        k.run(&["run", "box", "--image=busybox:1.36"]).ok();
+        let uid = k.run(&["get", "pod", "box", "-o", "jsonpath={.metadata.uid}"]).ok().stdout;
+        let event = format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  name: box.1\ninvolvedObject:\n  kind: Pod\n  name: box\n  namespace: default\n  uid: {uid}\nreason: Testing\nmessage: hello from the test\ntype: Normal\ncount: 1\nfirstTimestamp: \"2026-01-01T00:00:00Z\"\nlastTimestamp: \"2026-01-01T00:00:00Z\"\nsource:\n  component: e2e\n"
+        );
+        let f = k.with_file("event.yaml", &event);
+        k.run(&["create", "-f", f.to_str().unwrap_or_default()]).ok();
+        let out = k.run(&["get", "events"]).ok();
+        assert!(out.stdout.contains("Testing") && out.stdout.contains("pod/box") && out.stdout.contains("hello from the test"), "{}", out.stdout);
+        // The same event through events.k8s.io/v1, converted from core storage.
+        let out = k.run(&["get", "events.v1.events.k8s.io", "box.1", "-o", "jsonpath={.note} {.regarding.name} {.deprecatedCount}"]).ok();
+        assert_eq!(out.stdout.trim(), "hello from the test box 1");
+        let out = k.run(&["describe", "pod", "box"]).ok();
+        assert!(out.stdout.contains("Testing") && out.stdout.contains("hello from the test"), "{}", out.stdout);
+
+        k.run(&["create", "deployment", "web", "--image=nginx:1.25"]).ok();
+        let out = k.run(&["autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=80"]).ok();
+        assert_eq!(out.stdout.trim(), "horizontalpodautoscaler.autoscaling/web autoscaled");
+        // autoscaling/v1 is served by conversion from the stored v2 object.
+        let out = k.run(&["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web"]).ok();
+        let v1: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!((v1["apiVersion"].as_str(), v1["spec"]["targetCPUUtilizationPercentage"].as_i64()), (Some("autoscaling/v1"), Some(80)), "{v1}");
+        let out = k.run(&["get", "hpa.v2.autoscaling", "web", "-o", "jsonpath={.spec.metrics[0].resource.target.averageUtilization}"]).ok();
+        assert_eq!(out.stdout.trim(), "80");
+        let out = k.run(&["get", "hpa"]).ok();
+        assert!(out.stdout.contains("Deployment/web") && out.stdout.contains("80%"), "{}", out.stdout);
+    });
+}
