@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Installs what building and testing Skiff needs on a fresh Debian machine (as root).
-# Idempotent: packages already present are not fetched again.
+# Idempotent: only what is missing is installed.
 set -euo pipefail
 need=()
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)   # etcd-client's build needs protoc
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)            # the etcd backend tests and bench
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-command -v cc >/dev/null 2>&1 || need+=(build-essential)
-command -v curl >/dev/null 2>&1 || need+=(curl)
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+have protoc || need+=(protobuf-compiler)          # etcd-client's build needs protoc
+have etcd || need+=(etcd-server)                  # the etcd backend tests and bench
+have pkg-config || need+=(pkg-config)
+have cc || need+=(build-essential)
+have curl || need+=(curl)
+pkg libseccomp-dev || need+=(libseccomp-dev)      # libcontainer's seccomp (RuntimeDefault)
+[ -x /bin/busybox ] || need+=(busybox-static)     # test images are built from it
+have docker-registry || need+=(docker-registry)   # a local registry for pull tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install the Rust toolchain (rustup) first" >&2; exit 1; }
+have cargo || { echo "cargo is missing: install the Rust toolchain (rustup) first" >&2; exit 1; }
