@@ -254,3 +254,35 @@ fn unknown_fields_are_dropped_unless_strict() {
     assert_eq!(c, 201, "{text}");
     assert!(head.to_ascii_lowercase().contains("warning: 299 - \"unknown field \\\"extra\\\"\""), "{head}");
 }
+
+#[test]
+fn binding_assigns_a_node_once_and_scale_and_eviction_work() {
+    let s = Server::start();
+    let pods = "/api/v1/namespaces/default/pods";
+    for name in ["p1", "p2"] {
+        let (c, b) = post_json(&s, pods, &json!({"metadata": {"name": name, "labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}));
+        assert_eq!(c, 201, "{b}");
+    }
+    let (c, b) = post_json(&s, &format!("{pods}/p1/binding"), &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"kind": "Node", "name": "n1"}}));
+    assert_eq!(c, 201, "{b}");
+    let (c, b) = post_json(&s, &format!("{pods}/p1/binding"), &json!({"metadata": {"name": "p1"}, "target": {"name": "n2"}}));
+    assert_status(c, &b, 409, "Conflict", "already assigned to node \"n1\"");
+    let (c, b) = post_json(&s, "/api/v1/namespaces/default/bindings", &json!({"metadata": {"name": "p2"}, "target": {"name": "n2"}}));
+    assert_eq!(c, 201, "{b}");
+    let (_, body) = http_get(&format!("{}{pods}/p2", s.url)).expect("get");
+    let p2: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(p2["spec"]["nodeName"], "n2");
+    assert_eq!(p2["status"]["conditions"][0]["type"], "PodScheduled");
+
+    // Eviction is refused while a PodDisruptionBudget allows no disruption.
+    let (c, _) = post_json(&s, "/apis/policy/v1/namespaces/default/poddisruptionbudgets", &json!({"metadata": {"name": "pdb"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "x"}}}}));
+    assert_eq!(c, 201);
+    let (c, b) = post_json(&s, &format!("{pods}/p2/eviction"), &json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p2"}}));
+    assert_status(c, &b, 429, "TooManyRequests", "disruption budget");
+    let (c, _) = send(&s, "DELETE", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/pdb", b"", "application/json");
+    assert_eq!(c, 200);
+    let (c, b) = post_json(&s, &format!("{pods}/p2/eviction"), &json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p2"}, "deleteOptions": {"gracePeriodSeconds": 0}}));
+    assert_eq!(c, 201, "{b}");
+    let (c, _) = http_get(&format!("{}{pods}/p2", s.url)).expect("get");
+    assert_eq!(c, 404, "evicted with grace 0 is gone");
+}

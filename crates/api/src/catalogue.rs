@@ -179,7 +179,8 @@ macro_rules! res {
 /// priority order).
 pub static RESOURCES: &[Resource] = &[
     // core/v1
-    res!("", "v1", "Binding", "bindings", "binding", true, NONE, NONE, NO_SUB),
+    // Binding is create-only upstream (POST pods/<name>/binding is the usual form).
+    Resource { create_only: true, ..res!("", "v1", "Binding", "bindings", "binding", true, NONE, NONE, NO_SUB) },
     res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, NO_SUB),
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, NO_SUB),
     res!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NO_SUB),

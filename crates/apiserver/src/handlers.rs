@@ -82,6 +82,9 @@ async fn dispatch(
         ),
         None => None,
     };
+    if res.group.is_empty() && res.kind == "Binding" && *method == Method::POST && info.name.is_none() {
+        return crate::subresources::bindings_collection(state, ns, q, headers, body).await;
+    }
     if res.create_only && !(*method == Method::POST && info.name.is_none()) {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({})",

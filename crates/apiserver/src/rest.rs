@@ -335,6 +335,9 @@ pub async fn create(
 pub enum UpdateKind {
     Main,
     Status,
+    /// `pods/binding`: sets `spec.nodeName`, which pod update validation otherwise forbids
+    /// (upstream's BindingREST writes it without the pod update strategy).
+    Binding,
 }
 
 /// Read-modify-write with retries on store conflicts (upstream's `GuaranteedUpdate`).
@@ -396,7 +399,11 @@ where
             let bumped = if object::spec_part(&new) != object::spec_part(&current) { generation + 1 } else { generation };
             object::meta_mut(&mut new).insert("generation".into(), json!(bumped));
         }
-        let errors = api::validation::validate_update(res.group, res.version, res.kind, &new, &current);
+        let errors = if kind == UpdateKind::Binding {
+            Vec::new()
+        } else {
+            api::validation::validate_update(res.group, res.version, res.kind, &new, &current)
+        };
         if !errors.is_empty() {
             return Err(invalid(res, name, &errors));
         }

@@ -131,6 +131,22 @@ pub async fn binding(state: &SharedState, res: &'static Resource, ns: Option<&st
     let format = rest::body_format(headers)?;
     let raw = codec::read_body(body).await?;
     let binding = codec::decode_object(format, &raw)?;
+    bind(state, res, ns, name, &binding, q, headers).await
+}
+
+/// `POST namespaces/<ns>/bindings`: the older form, the pod named by the Binding's own name.
+pub async fn bindings_collection(state: &SharedState, ns: Option<&str>, q: &Query, headers: &HeaderMap, body: Body) -> ApiResult<Response> {
+    let pods = catalogue::find("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods resource"))?;
+    let format = rest::body_format(headers)?;
+    let raw = codec::read_body(body).await?;
+    let binding = codec::decode_object(format, &raw)?;
+    let name = object::name(&binding)
+        .ok_or_else(|| ApiError::new(422, "Invalid", "Binding \"\" is invalid: metadata.name: Required value: name or generateName is required"))?
+        .to_string();
+    bind(state, pods, ns, &name, &binding, q, headers).await
+}
+
+async fn bind(state: &SharedState, res: &'static Resource, ns: Option<&str>, name: &str, binding: &Value, q: &Query, headers: &HeaderMap) -> ApiResult<Response> {
     let node = binding
         .pointer("/target/name")
         .and_then(Value::as_str)
@@ -138,7 +154,7 @@ pub async fn binding(state: &SharedState, res: &'static Resource, ns: Option<&st
         .ok_or_else(|| ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")))?
         .to_string();
     let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..WriteOptions::from_request(q, headers)? };
-    rest::update(state, res, ns, name, UpdateKind::Main, &opts, |cur| {
+    rest::update(state, res, ns, name, UpdateKind::Binding, &opts, |cur| {
         if object::deletion_timestamp(cur).is_some() {
             return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));
         }
