@@ -231,6 +231,32 @@ fn delete_by_name_label_file_and_cascade() {
         let out = k.run(&["get", "deploy", "web"]).fail();
         assert!(out.stderr.contains("Error from server (NotFound): deployments.apps \"web\" not found"), "{}", out.stderr);
 
+        // Foreground: the owner goes only after its dependents; orphan: dependents stay, freed.
+        for (owner, cascade) in [("fg", "foreground"), ("or", "orphan")] {
+            k.run(&["create", "configmap", owner, "--from-literal=x=1"]).ok();
+            let uid = k.run(&["get", "cm", owner, "-o", "jsonpath={.metadata.uid}"]).ok().stdout;
+            let dep = format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {owner}-dep\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: {owner}\n    uid: {uid}\n    blockOwnerDeletion: true\n"
+            );
+            let f = k.with_file("dep.yaml", &dep);
+            k.run(&["create", "-f", f.to_str().unwrap_or_default()]).ok();
+            let out = k.run(&["delete", "configmap", owner, &format!("--cascade={cascade}"), "--timeout=60s"]).ok();
+            assert_eq!(out.stdout.trim(), format!("configmap \"{owner}\" deleted"));
+            k.run(&["get", "configmap", owner]).fail();
+        }
+        k.run(&["get", "configmap", "fg-dep"]).fail();
+        let out = k.run(&["get", "configmap", "or-dep", "-o", "jsonpath={.metadata.ownerReferences}"]).ok();
+        assert_eq!(out.stdout.trim(), "", "orphaned dependent keeps no reference");
+
+        // Deleting a namespace empties it, then removes it.
+        k.run(&["create", "namespace", "doomed"]).ok();
+        k.run(&["create", "deployment", "d", "--image=nginx:1.25", "-n", "doomed"]).ok();
+        k.run(&["create", "configmap", "c", "--from-literal=a=1", "-n", "doomed"]).ok();
+        let out = k.run(&["delete", "namespace", "doomed", "--timeout=60s"]).ok();
+        assert_eq!(out.stdout.trim(), "namespace \"doomed\" deleted");
+        let out = k.run(&["get", "namespace", "doomed"]).fail();
+        assert!(out.stderr.contains("(NotFound)"), "{}", out.stderr);
+
         let out = k.run(&["delete", "configmap", "nope"]).fail();
         assert!(out.stderr.contains("(NotFound)"), "{}", out.stderr);
         let out = k.run(&["delete", "namespace", "kube-system"]).fail();

@@ -80,8 +80,10 @@ pub fn prepare_for_create(group: &str, _version: &str, kind: &str, obj: &mut Val
     let Some(root) = obj.as_object_mut() else {
         return;
     };
-    if let ("batch", "Job") = (group, kind) {
-        batch::generate_job_selector(root, uid);
+    match (group, kind) {
+        ("batch", "Job") => batch::generate_job_selector(root, uid),
+        ("", "Namespace") => core::add_namespace_finalizer(root),
+        _ => {}
     }
 }
 

@@ -64,6 +64,24 @@ pub fn deletion_timestamp(obj: &Value) -> Option<&str> {
     meta_str(obj, "deletionTimestamp")
 }
 
+/// Drops empty collections from `metadata`: every one of them is `omitempty` in upstream's
+/// ObjectMeta, so a patch that removes the last owner reference or finalizer leaves no `[]`.
+pub fn normalize_metadata(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in ["labels", "annotations", "ownerReferences", "finalizers", "managedFields"] {
+            let empty = match m.get(f) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(f);
+            }
+        }
+    }
+}
+
 /// Sets `metadata.resourceVersion` from the store revision (never stored in the value).
 pub fn set_resource_version(obj: &mut Value, rev: i64) {
     meta_mut(obj).insert("resourceVersion".into(), json!(rev.to_string()));

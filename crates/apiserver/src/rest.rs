@@ -306,6 +306,7 @@ pub async fn create(
         api::apply::record_update(None, &mut obj, &opts.manager, &target(res, &av, opts.subresource), &object::now_rfc3339());
     }
 
+    object::normalize_metadata(&mut obj);
     let errors = api::validation::validate_create(res.group, res.version, res.kind, &obj);
     if !errors.is_empty() {
         return Err(invalid(res, &name, &errors));
@@ -399,6 +400,7 @@ where
             let bumped = if object::spec_part(&new) != object::spec_part(&current) { generation + 1 } else { generation };
             object::meta_mut(&mut new).insert("generation".into(), json!(bumped));
         }
+        object::normalize_metadata(&mut new);
         let errors = if kind == UpdateKind::Binding {
             Vec::new()
         } else {

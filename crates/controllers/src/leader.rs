@@ -31,9 +31,9 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, PostParams};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::Context;
@@ -50,7 +50,9 @@ const JITTER_FACTOR: f64 = 1.2;
 /// every retry period and only logged.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("invalid leader election timings: {0} (ControllersConfig lease_duration/renew_deadline/retry_period)")]
+    #[error(
+        "invalid leader election timings: {0} (ControllersConfig lease_duration/renew_deadline/retry_period)"
+    )]
     InvalidTimings(String),
     #[error("leader election identity is empty (ControllersConfig.identity)")]
     EmptyIdentity,
@@ -85,16 +87,29 @@ pub enum LeaderError {
 /// server can take over, and we contend again after a retry period. Returns `Ok(())` once
 /// `ctx.shutdown` is cancelled (after the work has ended and the Lease has been released), or
 /// an error at once if the timings in `ctx.config` cannot give safe leader election.
-pub async fn run_with_leadership<F, Fut>(ctx: Context, lease_name: &str, work: F) -> Result<(), LeaderError>
+pub async fn run_with_leadership<F, Fut>(
+    ctx: Context,
+    lease_name: &str,
+    work: F,
+) -> Result<(), LeaderError>
 where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let timings = Timings::new(ctx.config.lease_duration, ctx.config.renew_deadline, ctx.config.retry_period)?;
+    let timings = Timings::new(
+        ctx.config.lease_duration,
+        ctx.config.renew_deadline,
+        ctx.config.retry_period,
+    )?;
     if ctx.config.identity.is_empty() {
         return Err(LeaderError::EmptyIdentity);
     }
-    let mut elector = LeaderElector::new(ctx.client.clone(), lease_name, &ctx.config.identity, timings);
+    let mut elector = LeaderElector::new(
+        ctx.client.clone(),
+        lease_name,
+        &ctx.config.identity,
+        timings,
+    );
     let shutdown = ctx.shutdown.clone();
     let mut state = State::Contending;
     loop {
@@ -104,7 +119,8 @@ where
                     info!(lease = lease_name, identity = %elector.identity, "became leader");
                     elector.record_event("became leader").await;
                     let token = shutdown.child_token();
-                    let task = tokio::spawn(work(token.clone()));
+                    // Aborted if this future is dropped, so the work never outlives the election.
+                    let task = AbortOnDropHandle::new(tokio::spawn(work(token.clone())));
                     State::Leading { token, task }
                 } else {
                     State::Done
@@ -113,10 +129,12 @@ where
             State::Leading { token, mut task } => {
                 let end = elector.renew_until_lost(&shutdown, &mut task).await;
                 token.cancel();
-                if end != LeadEnd::WorkEnded {
-                    if let Err(e) = (&mut task).await {
-                        warn!(lease = lease_name, error = %e, "leader work panicked");
-                    }
+                // Wait for the work to end before anything else, so that this process never
+                // runs two copies of it.
+                if end != LeadEnd::WorkEnded
+                    && let Err(e) = (&mut task).await
+                {
+                    warn!(lease = lease_name, error = %e, "leader work panicked");
                 }
                 match end {
                     LeadEnd::Lost => {
@@ -125,7 +143,10 @@ where
                         State::Contending
                     }
                     LeadEnd::WorkEnded => {
-                        warn!(lease = lease_name, "leader work ended on its own; releasing the lease");
+                        warn!(
+                            lease = lease_name,
+                            "leader work ended on its own; releasing the lease"
+                        );
                         elector.release().await;
                         elector.record_event("stopped leading").await;
                         tokio::select! {
@@ -150,7 +171,10 @@ enum State {
     /// Not leading: try to acquire every (jittered) retry period until we win or shut down.
     Contending,
     /// Leading: `task` runs the work under `token`; the Lease is renewed every retry period.
-    Leading { token: CancellationToken, task: JoinHandle<()> },
+    Leading {
+        token: CancellationToken,
+        task: AbortOnDropHandle<()>,
+    },
     /// Shut down: the work has ended and the Lease was released.
     Done,
 }
@@ -175,7 +199,11 @@ struct Timings {
 }
 
 impl Timings {
-    fn new(lease_duration: Duration, renew_deadline: Duration, retry_period: Duration) -> Result<Self, LeaderError> {
+    fn new(
+        lease_duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Result<Self, LeaderError> {
         if lease_duration.is_zero() || renew_deadline.is_zero() || retry_period.is_zero() {
             return Err(LeaderError::InvalidTimings(format!(
                 "all must be greater than zero (lease_duration {lease_duration:?}, renew_deadline {renew_deadline:?}, retry_period {retry_period:?})"
@@ -191,20 +219,27 @@ impl Timings {
                 "renew_deadline ({renew_deadline:?}) must be greater than retry_period ({retry_period:?}) * {JITTER_FACTOR}"
             )));
         }
-        Ok(Self { lease_duration, renew_deadline, retry_period })
+        Ok(Self {
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        })
     }
 
     /// `leaseDurationSeconds` is whole seconds; round up so that others never consider the
     /// Lease expired sooner than we do.
     fn lease_duration_seconds(&self) -> i32 {
-        let secs = self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
+        let secs =
+            self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
         i32::try_from(secs).unwrap_or(i32::MAX)
     }
 
     /// A wait of `retry_period * (1 + rand * 1.2)` (client-go `wait.Jitter`).
     fn jittered_retry(&self) -> Duration {
         // A fresh `RandomState` is randomly seeded: enough randomness to spread contenders.
-        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         let fraction = (random % 10_000) as f64 / 10_000.0;
         self.retry_period.mul_f64(1.0 + fraction * JITTER_FACTOR)
     }
@@ -228,7 +263,13 @@ enum Claim {
 
 /// client-go's `tryAcquireOrRenew` decision: `valid` says whether the record has changed
 /// within its `leaseDurationSeconds` as observed locally.
-fn claim(old: &LeaseSpec, identity: &str, valid: bool, lease_duration_seconds: i32, now: Timestamp) -> Claim {
+fn claim(
+    old: &LeaseSpec,
+    identity: &str,
+    valid: bool,
+    lease_duration_seconds: i32,
+    now: Timestamp,
+) -> Claim {
     let holder = old.holder_identity.as_deref().unwrap_or_default();
     if !holder.is_empty() && holder != identity && valid {
         return Claim::HeldByOther(holder.to_string());
@@ -285,7 +326,10 @@ impl LeaderElector {
 
     /// Whether the last record we saw names us as holder.
     fn is_leader(&self) -> bool {
-        self.observed.as_ref().and_then(|o| o.spec.holder_identity.as_deref()) == Some(self.identity.as_str())
+        self.observed
+            .as_ref()
+            .and_then(|o| o.spec.holder_identity.as_deref())
+            == Some(self.identity.as_str())
     }
 
     /// Tries until the Lease is ours (`true`) or shutdown (`false`).
@@ -297,7 +341,9 @@ impl LeaderElector {
             match self.try_acquire_or_renew().await {
                 Ok(true) => return true,
                 Ok(false) => {}
-                Err(e) => debug!(lease = %self.name, error = %error_chain(&e), "failed to acquire lease"),
+                Err(e) => {
+                    debug!(lease = %self.name, error = %error_chain(&e), "failed to acquire lease")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
@@ -307,7 +353,11 @@ impl LeaderElector {
     }
 
     /// Renews every retry period while the work runs (client-go `renew`).
-    async fn renew_until_lost(&mut self, shutdown: &CancellationToken, task: &mut JoinHandle<()>) -> LeadEnd {
+    async fn renew_until_lost(
+        &mut self,
+        shutdown: &CancellationToken,
+        task: &mut AbortOnDropHandle<()>,
+    ) -> LeadEnd {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return LeadEnd::Shutdown,
@@ -333,7 +383,9 @@ impl LeaderElector {
                         // Someone else holds it: only possible if our record was overwritten.
                         return LeadEnd::Lost;
                     }
-                    Ok(Err(e)) => debug!(lease = %self.name, error = %error_chain(&e), "failed to renew lease"),
+                    Ok(Err(e)) => {
+                        debug!(lease = %self.name, error = %error_chain(&e), "failed to renew lease")
+                    }
                     Err(_) => return LeadEnd::Lost,
                 }
                 if Instant::now() + self.timings.retry_period >= deadline {
@@ -350,14 +402,26 @@ impl LeaderElector {
     /// One read-decide-write of the Lease; `Ok(true)` when we hold it afterwards.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
         let now = Timestamp::now();
-        let current = self
-            .leases
-            .get_opt(&self.name)
-            .await
-            .map_err(|source| LeaderError::GetLease { name: self.name.clone(), source })?;
+        let current =
+            self.leases
+                .get_opt(&self.name)
+                .await
+                .map_err(|source| LeaderError::GetLease {
+                    name: self.name.clone(),
+                    source,
+                })?;
         let Some(lease) = current else {
-            let spec = match claim(&LeaseSpec::default(), &self.identity, false, self.timings.lease_duration_seconds(), now) {
-                Claim::Write(spec) => LeaseSpec { lease_transitions: Some(0), ..spec },
+            let spec = match claim(
+                &LeaseSpec::default(),
+                &self.identity,
+                false,
+                self.timings.lease_duration_seconds(),
+                now,
+            ) {
+                Claim::Write(spec) => LeaseSpec {
+                    lease_transitions: Some(0),
+                    ..spec
+                },
                 Claim::HeldByOther(_) => return Ok(false),
             };
             let lease = Lease {
@@ -372,16 +436,28 @@ impl LeaderElector {
                 .leases
                 .create(&PostParams::default(), &lease)
                 .await
-                .map_err(|source| LeaderError::CreateLease { name: self.name.clone(), source })?;
+                .map_err(|source| LeaderError::CreateLease {
+                    name: self.name.clone(),
+                    source,
+                })?;
             self.observe(created);
             return Ok(true);
         };
 
         self.observe(lease);
-        let Some(observed) = self.observed.as_ref() else { return Ok(false) };
-        let ttl = Duration::from_secs(observed.spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+        let Some(observed) = self.observed.as_ref() else {
+            return Ok(false);
+        };
+        let ttl =
+            Duration::from_secs(observed.spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
         let valid = observed.at + ttl > Instant::now();
-        match claim(&observed.spec, &self.identity, valid, self.timings.lease_duration_seconds(), now) {
+        match claim(
+            &observed.spec,
+            &self.identity,
+            valid,
+            self.timings.lease_duration_seconds(),
+            now,
+        ) {
             Claim::HeldByOther(holder) => {
                 debug!(lease = %self.name, %holder, "lease is held by another contender and has not expired");
                 Ok(false)
@@ -394,7 +470,10 @@ impl LeaderElector {
                     .leases
                     .replace(&self.name, &PostParams::default(), &next)
                     .await
-                    .map_err(|source| LeaderError::UpdateLease { name: self.name.clone(), source })?;
+                    .map_err(|source| LeaderError::UpdateLease {
+                        name: self.name.clone(),
+                        source,
+                    })?;
                 self.observe(updated);
                 Ok(true)
             }
@@ -406,7 +485,13 @@ impl LeaderElector {
         let spec = lease.spec.clone().unwrap_or_default();
         match &mut self.observed {
             Some(o) if o.spec == spec => o.lease = lease,
-            _ => self.observed = Some(Observation { lease, spec, at: Instant::now() }),
+            _ => {
+                self.observed = Some(Observation {
+                    lease,
+                    spec,
+                    at: Instant::now(),
+                })
+            }
         }
     }
 
@@ -417,21 +502,30 @@ impl LeaderElector {
         if !self.is_leader() {
             return;
         }
-        let Some(observed) = self.observed.as_ref() else { return };
+        let Some(observed) = self.observed.as_ref() else {
+            return;
+        };
         let mut next = observed.lease.clone();
         next.spec = Some(released(&observed.spec, Timestamp::now()));
-        let write = self.leases.replace(&self.name, &PostParams::default(), &next);
+        let params = PostParams::default();
+        let write = self.leases.replace(&self.name, &params, &next);
         match tokio::time::timeout(self.timings.renew_deadline, write).await {
             Ok(Ok(updated)) => {
                 info!(lease = %self.name, identity = %self.identity, "released lease");
                 self.observe(updated);
             }
             Ok(Err(source)) => {
-                let e = LeaderError::UpdateLease { name: self.name.clone(), source };
+                let e = LeaderError::UpdateLease {
+                    name: self.name.clone(),
+                    source,
+                };
                 warn!(error = %error_chain(&e), "failed to release lease; it will expire");
             }
             Err(_) => {
-                let e = LeaderError::Timeout { name: self.name.clone(), after: self.timings.renew_deadline };
+                let e = LeaderError::Timeout {
+                    name: self.name.clone(),
+                    after: self.timings.renew_deadline,
+                };
                 warn!(error = %error_chain(&e), "failed to release lease; it will expire");
             }
         }
@@ -441,7 +535,11 @@ impl LeaderElector {
     async fn record_event(&self, what: &str) {
         let now = Timestamp::now();
         let seconds = Timestamp::from_second(now.as_second()).unwrap_or(now);
-        let lease_meta = self.observed.as_ref().map(|o| o.lease.metadata.clone()).unwrap_or_default();
+        let lease_meta = self
+            .observed
+            .as_ref()
+            .map(|o| o.lease.metadata.clone())
+            .unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
                 // Upstream names events `<object>.<hex nanoseconds>`.
@@ -461,7 +559,10 @@ impl LeaderElector {
             reason: Some("LeaderElection".into()),
             message: Some(format!("{} {what}", self.identity)),
             type_: Some("Normal".into()),
-            source: Some(EventSource { component: Some(self.name.clone()), host: None }),
+            source: Some(EventSource {
+                component: Some(self.name.clone()),
+                host: None,
+            }),
             reporting_component: Some(self.name.clone()),
             reporting_instance: Some(self.identity.clone()),
             first_timestamp: Some(Time(seconds)),
@@ -508,12 +609,17 @@ mod tests {
 
     #[test]
     fn a_valid_lease_of_another_holder_is_left_alone() {
-        assert_eq!(claim(&held("a", 3), "b", true, 15, ts(120)), Claim::HeldByOther("a".into()));
+        assert_eq!(
+            claim(&held("a", 3), "b", true, 15, ts(120)),
+            Claim::HeldByOther("a".into())
+        );
     }
 
     #[test]
     fn an_expired_lease_is_taken_over_with_a_new_transition() {
-        let Claim::Write(spec) = claim(&held("a", 3), "b", false, 15, ts(200)) else { panic!("expected a write") };
+        let Claim::Write(spec) = claim(&held("a", 3), "b", false, 15, ts(200)) else {
+            panic!("expected a write")
+        };
         assert_eq!(spec.holder_identity.as_deref(), Some("b"));
         assert_eq!(spec.lease_transitions, Some(4));
         assert_eq!(spec.acquire_time, Some(MicroTime(ts(200))));
@@ -528,14 +634,18 @@ mod tests {
         assert_eq!(spec.lease_duration_seconds, Some(1));
         assert_eq!(spec.lease_transitions, Some(3));
         // Even while the released record is "valid", an empty holder can be claimed.
-        let Claim::Write(next) = claim(&spec, "b", true, 15, ts(151)) else { panic!("expected a write") };
+        let Claim::Write(next) = claim(&spec, "b", true, 15, ts(151)) else {
+            panic!("expected a write")
+        };
         assert_eq!(next.holder_identity.as_deref(), Some("b"));
         assert_eq!(next.lease_transitions, Some(4));
     }
 
     #[test]
     fn renewal_keeps_acquire_time_and_transitions() {
-        let Claim::Write(spec) = claim(&held("a", 3), "a", true, 15, ts(120)) else { panic!("expected a write") };
+        let Claim::Write(spec) = claim(&held("a", 3), "a", true, 15, ts(120)) else {
+            panic!("expected a write")
+        };
         assert_eq!(spec.acquire_time, Some(MicroTime(ts(100))));
         assert_eq!(spec.renew_time, Some(MicroTime(ts(120))));
         assert_eq!(spec.lease_transitions, Some(3));
@@ -543,8 +653,13 @@ mod tests {
 
     #[test]
     fn other_spec_fields_survive_a_claim() {
-        let old = LeaseSpec { strategy: Some("OldestEmulationVersion".into()), ..held("a", 0) };
-        let Claim::Write(spec) = claim(&old, "b", false, 15, ts(200)) else { panic!("expected a write") };
+        let old = LeaseSpec {
+            strategy: Some("OldestEmulationVersion".into()),
+            ..held("a", 0)
+        };
+        let Claim::Write(spec) = claim(&old, "b", false, 15, ts(200)) else {
+            panic!("expected a write")
+        };
         assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
     }
 
@@ -552,27 +667,60 @@ mod tests {
     fn timings_are_validated_like_client_go() {
         let s = Duration::from_secs;
         assert!(Timings::new(s(15), s(10), s(2)).is_ok());
-        assert!(Timings::new(Duration::from_millis(1000), Duration::from_millis(700), Duration::from_millis(200)).is_ok());
-        assert!(matches!(Timings::new(s(10), s(10), s(2)), Err(LeaderError::InvalidTimings(_))));
-        assert!(matches!(Timings::new(s(15), s(2), s(2)), Err(LeaderError::InvalidTimings(_))));
-        assert!(matches!(Timings::new(s(15), s(10), s(0)), Err(LeaderError::InvalidTimings(_))));
+        assert!(
+            Timings::new(
+                Duration::from_millis(1000),
+                Duration::from_millis(700),
+                Duration::from_millis(200)
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            Timings::new(s(10), s(10), s(2)),
+            Err(LeaderError::InvalidTimings(_))
+        ));
+        assert!(matches!(
+            Timings::new(s(15), s(2), s(2)),
+            Err(LeaderError::InvalidTimings(_))
+        ));
+        assert!(matches!(
+            Timings::new(s(15), s(10), s(0)),
+            Err(LeaderError::InvalidTimings(_))
+        ));
     }
 
     #[test]
     fn lease_duration_rounds_up_to_whole_seconds() {
-        let t = Timings::new(Duration::from_millis(1500), Duration::from_millis(700), Duration::from_millis(200))
-            .expect("timings");
+        let t = Timings::new(
+            Duration::from_millis(1500),
+            Duration::from_millis(700),
+            Duration::from_millis(200),
+        )
+        .expect("timings");
         assert_eq!(t.lease_duration_seconds(), 2);
-        let t = Timings::new(Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2)).expect("timings");
+        let t = Timings::new(
+            Duration::from_secs(15),
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        )
+        .expect("timings");
         assert_eq!(t.lease_duration_seconds(), 15);
     }
 
     #[test]
     fn jitter_stays_within_client_go_bounds() {
-        let t = Timings::new(Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2)).expect("timings");
+        let t = Timings::new(
+            Duration::from_secs(15),
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        )
+        .expect("timings");
         for _ in 0..100 {
             let d = t.jittered_retry();
-            assert!(d >= Duration::from_secs(2) && d <= Duration::from_millis(4400), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_millis(4400),
+                "{d:?}"
+            );
         }
     }
 }

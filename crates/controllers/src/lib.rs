@@ -46,3 +46,61 @@ pub struct Context {
     pub config: ControllersConfig,
     pub shutdown: CancellationToken,
 }
+
+/// The leader Lease of the controller manager (upstream: kube-controller-manager).
+pub const LEADER_LEASE: &str = "skiff-controller-manager";
+
+/// Runs every controller while this server holds the leader Lease, until `ctx.shutdown`.
+/// A controller that fails is logged and restarted after a pause; losing the Lease stops them
+/// all, and winning it again starts them afresh (each relists on start).
+pub async fn run_all(ctx: Context) {
+    let work_ctx = ctx.clone();
+    let result = leader::run_with_leadership(ctx, LEADER_LEASE, move |leading: CancellationToken| {
+        let ctx = work_ctx.clone();
+        async move {
+            tracing::info!(identity = %ctx.config.identity, "leading: starting controllers");
+            let gc = supervise("garbage-collector", leading.clone(), {
+                let ctx = ctx.clone();
+                move |cancel| {
+                    let ctx = ctx.clone();
+                    async move { garbage_collector::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                }
+            });
+            let ns = supervise("namespace", leading.clone(), {
+                let ctx = ctx.clone();
+                move |cancel| {
+                    let ctx = ctx.clone();
+                    async move { namespace::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                }
+            });
+            futures::join!(gc, ns);
+            tracing::info!("controllers stopped");
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "leader election failed; controllers are not running");
+    }
+}
+
+/// Restarts a controller that returns an error, until `cancel`.
+async fn supervise<F, Fut>(name: &'static str, cancel: CancellationToken, start: F)
+where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    while !cancel.is_cancelled() {
+        match start(cancel.child_token()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(controller = name, error = %e, "controller failed; restarting");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -41,6 +41,20 @@ pub struct ServerFlags {
     /// Async worker threads (default: one per core, at least 2).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Leader election: how long a leader Lease is valid (upstream 15s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_lease_duration: Duration,
+    /// Leader election: how long a leader keeps trying to renew before giving up (upstream 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_renew_deadline: Duration,
+    /// Leader election: how often to retry acquiring or renewing (upstream 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_retry_period: Duration,
+}
+
+/// This machine's host name, for leader identities.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "skiff".into())
 }
 
 /// A server configuration that passed validation.
@@ -52,6 +66,7 @@ pub struct ServerConfig {
     pub store: store::StoreConfig,
     pub log_level: String,
     pub worker_threads: usize,
+    pub controllers: controllers::ControllersConfig,
 }
 
 impl ServerConfig {
@@ -90,6 +105,14 @@ impl ServerConfig {
         if history_retention < Duration::from_secs(10) {
             return Err(format!("--history-retention {:?}: must be at least 10s", f.history_retention));
         }
+        if !(f.leader_lease_duration > f.leader_renew_deadline && f.leader_renew_deadline > f.leader_retry_period)
+            || f.leader_retry_period.is_zero()
+        {
+            return Err(format!(
+                "--leader-lease-duration ({:?}) must be greater than --leader-renew-deadline ({:?}), which must be greater than --leader-retry-period ({:?}) > 0",
+                f.leader_lease_duration, f.leader_renew_deadline, f.leader_retry_period
+            ));
+        }
         let worker_threads = match f.worker_threads {
             Some(0) => return Err("--worker-threads must be at least 1".into()),
             Some(n) => n,
@@ -102,6 +125,12 @@ impl ServerConfig {
             store: store::StoreConfig { history_retention, ..Default::default() },
             log_level: f.log_level,
             worker_threads,
+            controllers: controllers::ControllersConfig {
+                identity: format!("{}_{}", hostname(), std::process::id()),
+                lease_duration: f.leader_lease_duration,
+                renew_deadline: f.leader_renew_deadline,
+                retry_period: f.leader_retry_period,
+            },
         })
     }
 
@@ -154,6 +183,9 @@ mod tests {
             history_retention: "5m".into(),
             log_level: "info".into(),
             worker_threads: None,
+            leader_lease_duration: Duration::from_secs(15),
+            leader_renew_deadline: Duration::from_secs(10),
+            leader_retry_period: Duration::from_secs(2),
         }
     }
 

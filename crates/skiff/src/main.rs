@@ -81,9 +81,22 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     );
 
     let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    // The controllers talk to this API server over loopback like any other client.
+    let client = kube::Client::try_from(kube::Config::new(
+        format!("http://{addr}").parse().context("the API server address is not a URL")?,
+    ))
+    .context("cannot build the controllers' API client")?;
+    let controllers = tokio::spawn(controllers::run_all(controllers::Context {
+        client,
+        config: config.controllers.clone(),
+        shutdown: shutdown.clone(),
+    }));
     let result = server.serve().await;
     shutdown.cancel();
     signals.abort();
+    // Controllers release their leader Lease on the way out; the API server is gone by now, so
+    // give them a moment and no more.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), controllers).await;
     let _ = compactor.await;
     drop(store);
     tracing::info!("skiff server stopped");

@@ -131,13 +131,28 @@ pub(super) fn default_namespace(namespace: &mut Map<String, Value>) {
             );
         }
     }
-    if let Some(spec) = child_object(namespace, "spec")
-        && is_empty(spec, "finalizers")
-    {
-        spec.insert("finalizers".to_owned(), json!(["kubernetes"]));
-    }
     if let Some(status) = child_object(namespace, "status") {
         default_string(status, "phase", "Active");
+    }
+}
+
+/// The namespace strategy's `PrepareForCreate`: every new namespace carries the `kubernetes`
+/// finalizer, which only the namespace controller removes (through `/finalize`) once the
+/// namespace is empty. Not a default: an update emptying the list must stay empty.
+pub(super) fn add_namespace_finalizer(namespace: &mut Map<String, Value>) {
+    if let Some(spec) = child_object(namespace, "spec") {
+        let has = spec
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|v| v == "kubernetes"));
+        if !has {
+            match spec.get_mut("finalizers").and_then(Value::as_array_mut) {
+                Some(list) => list.push(json!("kubernetes")),
+                None => {
+                    spec.insert("finalizers".to_owned(), json!(["kubernetes"]));
+                }
+            }
+        }
     }
 }
 
@@ -253,11 +268,16 @@ mod tests {
     fn namespace_and_secret_and_claims() {
         let mut ns = json!({"metadata": {"name": "team"}});
         apply_defaults("", "v1", "Namespace", &mut ns);
+        crate::defaults::prepare_for_create("", "v1", "Namespace", &mut ns, "uid");
         assert_eq!(
             ns,
             json!({"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "team"}},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+                "status": {"phase": "Active"}, "spec": {"finalizers": ["kubernetes"]}})
         );
+        // Emptied by the namespace controller's finalize: defaulting must not add it back.
+        let mut finalized = json!({"metadata": {"name": "team"}, "spec": {"finalizers": []}});
+        apply_defaults("", "v1", "Namespace", &mut finalized);
+        assert_eq!(finalized["spec"]["finalizers"], json!([]));
         let mut secret = json!({"data": {}});
         apply_defaults("", "v1", "Secret", &mut secret);
         assert_eq!(secret["type"], "Opaque");

@@ -26,7 +26,10 @@ pub async fn start_api() -> TestApi {
     let shutdown = CancellationToken::new();
     let store: Arc<dyn store::Store> = Arc::new(store::memory::MemoryStore::new());
     let server = apiserver::ApiServer::bind(
-        apiserver::ApiServerConfig { listen: "127.0.0.1:0".parse().expect("addr"), watch_cache_events: 10_000 },
+        apiserver::ApiServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            watch_cache_events: 10_000,
+        },
         store,
         shutdown.clone(),
     )
@@ -37,12 +40,23 @@ pub async fn start_api() -> TestApi {
     let config = kube::Config::new(url.parse().expect("url"));
     let client = kube::Client::try_from(config).expect("kube client");
     // Ready when the bootstrap namespaces exist.
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
     for _ in 0..200 {
-        if namespaces.get_opt("kube-system").await.ok().flatten().is_some() {
+        if namespaces
+            .get_opt("kube-system")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    TestApi { client, url, shutdown }
+    TestApi {
+        client,
+        url,
+        shutdown,
+    }
 }

@@ -1,1 +1,0 @@
-//! garbage_collector (being written)
