@@ -1,0 +1,1 @@
+//! cni (being written)
