@@ -3,9 +3,12 @@
 //!
 //! * [`Server`]: one `skiff server` process; dropped → SIGTERM, then SIGKILL by PID if it hangs.
 //! * [`Kubectl`]: a pinned kubectl version with its own kubeconfig and discovery cache.
+//! * [`image_fixture`]: a busybox OCI image layout built at test time.
 //!
 //! The binary is found at `$SKIFF_BIN`, else `target/debug/skiff` of this workspace (the test
 //! command builds it first).
+
+pub mod image_fixture;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

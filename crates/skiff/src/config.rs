@@ -16,8 +16,68 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a whole cluster on this machine: datastore and API server.
+    /// Run a whole cluster on this machine: datastore, API server and controllers.
     Server(ServerFlags),
+    /// Manage the node's images: pull, import, list, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The per-pod shim (started by the agent, not by hand).
+    #[command(hide = true, disable_help_flag = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Pull an image from a registry (e.g. `busybox:1.36`, `127.0.0.1:5000/app:v1`).
+    Pull {
+        reference: String,
+        #[command(flatten)]
+        store: ImageStoreFlags,
+        /// Registry mirror, `HOST=URL` (e.g. `docker.io=http://127.0.0.1:5000`); repeatable.
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
+        /// Registry host spoken to over plain HTTP (e.g. `127.0.0.1:5000`); repeatable.
+        #[arg(long = "plain-http")]
+        plain_http: Vec<String>,
+        /// Basic-auth user name (the password comes from SKIFF_REGISTRY_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Import images from an OCI layout (directory or tar) or a `docker save` tarball.
+    Import {
+        path: PathBuf,
+        #[command(flatten)]
+        store: ImageStoreFlags,
+    },
+    /// List the node's images.
+    #[command(alias = "list")]
+    Ls {
+        #[command(flatten)]
+        store: ImageStoreFlags,
+    },
+    /// Remove images by reference or ID (unused layers are collected).
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        store: ImageStoreFlags,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ImageStoreFlags {
+    /// The node's data dir; images live in DIR/agent/images.
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+    pub data_dir: PathBuf,
+}
+
+impl ImageStoreFlags {
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("agent").join("images")
+    }
 }
 
 #[derive(Args, Debug)]

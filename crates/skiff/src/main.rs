@@ -1,9 +1,12 @@
 //! `skiff`: the one binary. Wiring only — each subcommand parses flags, validates them into a
 //! config that cannot hold an invalid state, and starts the components from the library crates.
 //!
-//! * `server`: the store and the API server (more components join in later issues).
+//! * `server`: the store, the API server and the controllers.
+//! * `image`: the node's image store (pull, import, ls, rm).
+//! * `shim`: the per-pod container shim, re-executed by the agent.
 
 mod config;
+mod image_cli;
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,8 +18,21 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Cli, Command, ServerConfig};
 
 fn main() -> std::process::ExitCode {
+    // The shim forks and must do so before any thread exists: dispatch it before anything else.
+    let mut argv = std::env::args();
+    if argv.nth(1).as_deref() == Some("shim") {
+        return runtime::container::shim_main(argv);
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Shim { args } => runtime::container::shim_main(args),
+        Command::Image(cmd) => match image_cli::run(cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("skiff image: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Server(flags) => {
             let config = match ServerConfig::from_flags(flags) {
                 Ok(c) => c,
