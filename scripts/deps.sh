@@ -13,6 +13,9 @@ have curl || need+=(curl)
 pkg libseccomp-dev || need+=(libseccomp-dev)      # libcontainer's seccomp (RuntimeDefault)
 [ -x /bin/busybox ] || need+=(busybox-static)     # test images are built from it
 have docker-registry || need+=(docker-registry)   # a local registry for pull tests
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)  # pod networking (CNI)
+have ip || need+=(iproute2)
+have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)  # the bridge (ipMasq) and portmap CNI plugins run it
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

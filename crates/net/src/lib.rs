@@ -1,9 +1,13 @@
 //! Pod networking, with no knowledge of the Kubernetes API.
 //!
 //! * `netns`: named network namespaces under /run/netns (like `ip netns`), created and removed
-//!   from the root mount namespace.
+//!   from the root mount namespace; the `Netns` trait with a real and a fake implementation.
 //! * `cni`: the CNI runtime — network config lists, plugin chaining, ADD/DEL/CHECK, cached
-//!   results for DEL, and Skiff's default bridge conflist.
+//!   results for DEL, and Skiff's default bridge conflist; the `PodNetwork` trait with the real
+//!   `CniRuntime` and a fake.
+//!
+//! The agent creates a pod's namespace with `netns`, then attaches it with `cni`, and on pod
+//! removal runs DEL before deleting the namespace (DEL also works after it is gone).
 
 pub mod cni;
 pub mod netns;

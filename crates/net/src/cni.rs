@@ -1,1 +1,0 @@
-//! cni (being written)
