@@ -380,3 +380,21 @@ fn events_in_both_api_groups_and_autoscalers_in_both_versions() {
         assert!(out.stdout.contains("Deployment/web") && out.stdout.contains("80%"), "{}", out.stdout);
     });
 }
+
+#[test]
+fn registered_nodes_get_a_pod_cidr_each() {
+    let server = Server::start();
+    let k = server.kubectl("1.33");
+    for n in ["n1", "n2"] {
+        let f = k.with_file("node.yaml", &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n"));
+        k.run(&["create", "-f", f.to_str().unwrap_or_default()]).ok();
+    }
+    let mut cidrs = Vec::new();
+    for n in ["n1", "n2"] {
+        let out = k.run(&["wait", &format!("node/{n}"), "--for=jsonpath={.spec.podCIDR}", "--timeout=30s"]).ok();
+        assert!(out.stdout.contains("condition met"), "{}", out.stdout);
+        cidrs.push(k.run(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]).ok().stdout);
+    }
+    cidrs.sort();
+    assert_eq!(cidrs, vec!["10.42.0.0/24", "10.42.1.0/24"]);
+}

@@ -3,6 +3,7 @@
 //!
 //! * `leader`: a `coordination.k8s.io` Lease in kube-system; controllers run only while held.
 //! * `namespace`: empties a deleting namespace, then finalizes it.
+//! * `node_ipam`: assigns each Node a pod CIDR from the cluster CIDR.
 //! * `garbage_collector`: ownerReferences — Background, Foreground (blockOwnerDeletion) and
 //!   Orphan propagation.
 //!
@@ -12,6 +13,7 @@
 pub mod garbage_collector;
 pub mod leader;
 pub mod namespace;
+pub mod node_ipam;
 
 use std::time::Duration;
 
@@ -26,6 +28,10 @@ pub struct ControllersConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// The pod network every node's range is carved from (k3s default 10.42.0.0/16).
+    pub cluster_cidr: node_ipam::Ipv4Cidr,
+    /// The prefix length of each node's range (upstream default /24).
+    pub node_cidr_mask: u8,
 }
 
 impl Default for ControllersConfig {
@@ -35,6 +41,8 @@ impl Default for ControllersConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            cluster_cidr: node_ipam::Ipv4Cidr { addr: std::net::Ipv4Addr::new(10, 42, 0, 0), prefix: 16 },
+            node_cidr_mask: 24,
         }
     }
 }
@@ -73,7 +81,14 @@ pub async fn run_all(ctx: Context) {
                     async move { namespace::run(ctx, cancel).await.map_err(|e| e.to_string()) }
                 }
             });
-            futures::join!(gc, ns);
+            let ipam = supervise("node-ipam", leading.clone(), {
+                let ctx = ctx.clone();
+                move |cancel| {
+                    let ctx = ctx.clone();
+                    async move { node_ipam::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                }
+            });
+            futures::join!(gc, ns, ipam);
             tracing::info!("controllers stopped");
         }
     })

@@ -101,6 +101,9 @@ pub struct ServerFlags {
     /// Async worker threads (default: one per core, at least 2).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// The pod network; each node gets a /24 from it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
     /// Leader election: how long a leader Lease is valid (upstream 15s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub leader_lease_duration: Duration,
@@ -173,6 +176,11 @@ impl ServerConfig {
                 f.leader_lease_duration, f.leader_renew_deadline, f.leader_retry_period
             ));
         }
+        let cluster_cidr: controllers::node_ipam::Ipv4Cidr =
+            f.cluster_cidr.parse().map_err(|e| format!("--cluster-cidr: {e}"))?;
+        if cluster_cidr.prefix > 24 {
+            return Err(format!("--cluster-cidr {cluster_cidr}: must be /24 or larger (each node gets a /24)"));
+        }
         let worker_threads = match f.worker_threads {
             Some(0) => return Err("--worker-threads must be at least 1".into()),
             Some(n) => n,
@@ -190,6 +198,8 @@ impl ServerConfig {
                 lease_duration: f.leader_lease_duration,
                 renew_deadline: f.leader_renew_deadline,
                 retry_period: f.leader_retry_period,
+                cluster_cidr,
+                node_cidr_mask: 24,
             },
         })
     }
@@ -243,6 +253,7 @@ mod tests {
             history_retention: "5m".into(),
             log_level: "info".into(),
             worker_threads: None,
+            cluster_cidr: "10.42.0.0/16".into(),
             leader_lease_duration: Duration::from_secs(15),
             leader_renew_deadline: Duration::from_secs(10),
             leader_retry_period: Duration::from_secs(2),
