@@ -6,7 +6,7 @@ use api::catalogue::{self, Resource, Subresource};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::codec::{self, BodyFormat, ResponseShape};
@@ -16,14 +16,16 @@ use crate::rest::{self, DeleteOptions, SharedState, UpdateKind, WriteOptions};
 use crate::{object, watch};
 
 /// The entry point for every `/api/v1/…` and `/apis/<g>/<v>/…` resource request.
-pub async fn resource(State(state): State<SharedState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+pub async fn resource(State(state): State<SharedState>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
     let info = RequestInfo::parse(uri.path());
     let q = Query::parse(uri.query());
     let verb = verb_of(&method, info.as_ref(), &q);
     let resource_label = info.as_ref().map(|i| i.resource.clone()).unwrap_or_default();
     let resp = match info {
-        Some(info) => match dispatch(&state, &method, &info, &q, &headers, body).await {
+        Some(info) => match dispatch(&state, &method, &info, &q, &headers, body, parts).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         },
@@ -64,6 +66,8 @@ async fn dispatch(
     q: &Query,
     headers: &HeaderMap,
     body: Body,
+    // The request's parts with their extensions (hyper's upgrade handle for exec).
+    parts: http::request::Parts,
 ) -> ApiResult<Response> {
     let res = find_resource(info)?;
     let ns = info.namespace.as_deref();
@@ -154,7 +158,9 @@ async fn dispatch(
             crate::subresources::eviction(state, res, ns, name, headers, body).await
         }
         (_, Some(name), Some(Subresource::Log | Subresource::Exec | Subresource::Attach | Subresource::PortForward)) => {
-            crate::subresources::node_proxy(state, res, ns, name, info.subresource.as_deref().unwrap_or_default()).await
+            let req = http::Request::from_parts(parts, body);
+            crate::subresources::node_proxy(state, res, ns, name, info.subresource.as_deref().unwrap_or_default(), req)
+                .await
         }
         (Method::POST, Some(name), None) if res.kind == "Pod" && name.is_empty() => {
             Err(ApiError::method_not_allowed("POST to a named pod is not allowed"))

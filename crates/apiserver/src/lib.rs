@@ -3,7 +3,9 @@
 //! * `handlers`: dispatch of resource requests (verb × subresource) to the generic operations.
 //! * `rest`: get/list/create/update/patch/delete for every catalogue kind, on the store.
 //! * `strategy`: per-kind create/update rules (status split, generation, pod QoS).
-//! * `subresources`: `scale`, `pods/binding`, `pods/eviction`, node proxies.
+//! * `subresources`: `scale`, `pods/binding`, `pods/eviction`.
+//! * `node_proxy`: `pods/log`, `pods/exec`, `attach`, `portforward` forwarded to the pod's
+//!   kubelet (streamed; WebSocket upgrades spliced through).
 //! * `watch` + `watch_cache`: streaming watches fanned out from one store watch.
 //! * `discovery`: `/api`, `/apis` (aggregated and legacy), `/version`.
 //! * `tables`: `Table` answers for `kubectl get`.
@@ -19,6 +21,7 @@ pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod node_proxy;
 pub mod object;
 pub mod protobuf;
 pub mod request;

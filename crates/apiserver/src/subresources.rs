@@ -228,14 +228,17 @@ pub async fn eviction(state: &SharedState, res: &'static Resource, ns: Option<&s
     Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), ResponseShape::Object, &[]))
 }
 
-/// `log`, `exec`, `attach`, `portforward` are served by the pod's node. Until the node's
-/// kubelet server is reachable these answer with what is missing.
-pub async fn node_proxy(state: &SharedState, res: &'static Resource, ns: Option<&str>, name: &str, sub: &str) -> ApiResult<Response> {
+/// `log`, `exec`, `attach`, `portforward` are served by the pod's node: forwarded to its
+/// kubelet (`node_proxy`).
+pub async fn node_proxy(
+    state: &SharedState,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    sub: &str,
+    req: http::Request<Body>,
+) -> ApiResult<Response> {
     let (pod, _) = rest::get_object(state, res, ns, name).await?;
-    match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        None => Err(ApiError::bad_request(format!("pod {name} does not have a host assigned"))),
-        Some(node) => Err(ApiError::unavailable(format!(
-            "cannot serve pods/{sub} for pod {name}: the kubelet endpoint of node {node} is not reachable from this server"
-        ))),
-    }
+    let query = req.uri().query().map(String::from);
+    crate::node_proxy::proxy(state, &pod, sub, query.as_deref(), req).await
 }
