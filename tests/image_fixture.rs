@@ -13,40 +13,36 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// A root-owned entry header (every numeric field set: unpackers reject empty ones).
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
 fn layer_tar() -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
-    let mut dir = |path: &str| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(0);
-        b.append_data(&mut h, path, std::io::empty()).expect("dir entry");
-    };
     for d in ["bin/", "etc/", "tmp/", "proc/", "sys/", "dev/", "root/", "www/"] {
-        dir(d);
+        let mut h = header(tar::EntryType::Directory, if d == "tmp/" { 0o1777 } else { 0o755 }, 0);
+        b.append_data(&mut h, d, std::io::empty()).expect("dir entry");
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o755);
-    h.set_size(busybox.len() as u64);
-    h.set_mtime(0);
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", busybox.as_slice()).expect("busybox");
     for applet in APPLETS {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(0);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{applet}"), "busybox").expect("symlink");
     }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+    let mut h = header(tar::EntryType::Regular, 0o644, passwd.len() as u64);
+    b.append_data(&mut h, "etc/passwd", &passwd[..]).expect("passwd");
     let page = b"hello from skiff\n";
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_size(page.len() as u64);
-    h.set_mtime(0);
+    let mut h = header(tar::EntryType::Regular, 0o644, page.len() as u64);
     b.append_data(&mut h, "www/index.html", &page[..]).expect("index");
     b.into_inner().expect("tar")
 }

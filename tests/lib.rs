@@ -40,6 +40,40 @@ pub struct Server {
     pub url: String,
     pub kubeconfig: PathBuf,
     pub extra_args: Vec<String>,
+    /// The test's own network namespace the server (and its node) runs in, if any.
+    pub netns: Option<TestNetns>,
+}
+
+/// A network namespace made for one test (`ip netns add`), deleted on drop. Everything a
+/// node does to the network (bridges, veths, routes, nftables) stays inside it.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn create(tag: &str) -> TestNetns {
+        let name = format!("skiff-test-{}-{tag}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed (run the tests as root)");
+        let ns = TestNetns { name };
+        let ok = Command::new("ip").args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]).status().is_ok_and(|s| s.success());
+        assert!(ok, "bringing lo up in {} failed", ns.name);
+        ns
+    }
+
+    /// `program` run inside the namespace. `nsenter --net` switches only the network
+    /// namespace; `ip netns exec` would also remount /sys, hiding /sys/fs/cgroup from the node.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+    }
 }
 
 impl Server {
@@ -49,6 +83,12 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str]) -> Server {
+        Server::start_in(None, args)
+    }
+
+    /// Starts a server in `netns` (when given): loopback there is the namespace's own, so
+    /// kubectl and HTTP clients must run inside it too ([`Kubectl`] does that by itself).
+    pub fn start_in(netns: Option<TestNetns>, args: &[&str]) -> Server {
         let dir = tempfile::Builder::new().prefix("skiff-e2e-").tempdir().expect("temp dir");
         let mut s = Server {
             child: None,
@@ -56,6 +96,7 @@ impl Server {
             dir,
             url: String::new(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            netns,
         };
         s.spawn();
         s
@@ -73,13 +114,20 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("log file");
-        let child = Command::new(skiff_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => ns.command(skiff_bin()),
+            None => Command::new(skiff_bin()),
+        };
+        let child = cmd
             .arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(&self.extra_args)
+            // The built-in node changes the network (bridge, veths) and cgroups: it only runs
+            // in a test that gave the server its own network namespace.
+            .args(if self.netns.is_none() { &["--disable-agent"][..] } else { &[][..] })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -96,12 +144,24 @@ impl Server {
             if let Ok(text) = std::fs::read_to_string(&self.kubeconfig) {
                 if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("server:")) {
                     self.url = line.trim_start().trim_start_matches("server:").trim().to_string();
-                    if http_get(&format!("{}/readyz", self.url)).map(|(c, _)| c == 200).unwrap_or(false) {
+                    if self.ready() {
                         return;
                     }
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ready(&self) -> bool {
+        match &self.netns {
+            None => http_get(&format!("{}/readyz", self.url)).map(|(c, _)| c == 200).unwrap_or(false),
+            // Loopback inside the namespace: ask from there.
+            Some(ns) => ns
+                .command("curl")
+                .args(["-fsS", "--max-time", "2", &format!("{}/readyz", self.url)])
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout == b"ok"),
         }
     }
 
@@ -174,6 +234,7 @@ pub struct Kubectl {
     bin: PathBuf,
     kubeconfig: PathBuf,
     home: PathBuf,
+    netns: Option<String>,
     pub version: String,
 }
 
@@ -183,11 +244,24 @@ impl Kubectl {
         assert!(bin.exists(), "kubectl {version} is not installed at {}", bin.display());
         let home = server.dir.path().join(format!("home-{version}"));
         std::fs::create_dir_all(&home).expect("home");
-        Kubectl { bin, kubeconfig: server.kubeconfig.clone(), home, version: version.into() }
+        Kubectl {
+            bin,
+            kubeconfig: server.kubeconfig.clone(),
+            home,
+            netns: server.netns.as_ref().map(|n| n.name.clone()),
+            version: version.into(),
+        }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")

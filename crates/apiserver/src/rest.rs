@@ -411,8 +411,11 @@ where
         }
         // A deleting object whose last finalizer was just removed goes away (upstream's
         // `deleteWithoutFinalizers` on update).
+        // Upstream's ShouldDeleteDuringUpdate: only once the grace period is over (a pod in
+        // graceful termination keeps taking status writes from its kubelet until then).
         let finalized = object::deletion_timestamp(&new).is_some()
             && object::finalizers(&new).is_empty()
+            && new.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
             && new.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty() || res.kind != "Namespace");
         object::set_resource_version(&mut new, kv.mod_revision);
         if new == current {

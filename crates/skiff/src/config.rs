@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a whole cluster on this machine: datastore, API server and controllers.
     Server(ServerFlags),
+    /// Run a node that joins an existing server.
+    Agent(AgentFlags),
     /// Manage the node's images: pull, import, list, remove.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -27,6 +29,61 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `skiff agent`: a node joining a server.
+#[derive(Args, Debug)]
+pub struct AgentFlags {
+    /// The API server to join, e.g. http://127.0.0.1:6443.
+    #[arg(long, env = "SKIFF_SERVER")]
+    pub server: String,
+    /// Where the node keeps its state (images, pods).
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Log level or filter (tracing-subscriber syntax); SKIFF_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Settings of a node (the server's built-in one, or `skiff agent`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeFlags {
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's address (default: the address of the default route's interface, else 127.0.0.1).
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// Port of the node's kubelet server (logs, exec); 0 picks a free one.
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Where container logs go (CRI layout).
+    #[arg(long, default_value = "/var/log/pods")]
+    pub log_root: PathBuf,
+    /// The cgroup (relative to each hierarchy's root) pods run under.
+    #[arg(long, default_value = "skiff")]
+    pub cgroup_root: String,
+    /// Directories holding CNI plugins, comma-separated.
+    #[arg(long, default_value = "/usr/lib/cni,/opt/cni/bin")]
+    pub cni_bin_dir: String,
+    /// The CNI config directory (default: DATA_DIR/agent/cni/net.d); Skiff writes its bridge
+    /// config there unless one exists.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Registry mirror, HOST=URL (e.g. docker.io=http://127.0.0.1:5000); repeatable.
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+    /// Registry host spoken to over plain HTTP; repeatable.
+    #[arg(long = "plain-http-registry")]
+    pub plain_http_registries: Vec<String>,
+    /// First container restart back-off (doubles up to 300s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub restart_backoff: Duration,
+    /// How often the node renews its Lease.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub node_lease_renew: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +158,11 @@ pub struct ServerFlags {
     /// Async worker threads (default: one per core, at least 2).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Do not run the built-in node (a control-plane-only server).
+    #[arg(long)]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub node: NodeFlags,
     /// The pod network; each node gets a /24 from it.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
@@ -115,8 +177,8 @@ pub struct ServerFlags {
     pub leader_retry_period: Duration,
 }
 
-/// This machine's host name, for leader identities.
-fn hostname() -> String {
+/// This machine's host name, for leader identities and the default Node name.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "skiff".into())
 }
 
@@ -130,6 +192,8 @@ pub struct ServerConfig {
     pub log_level: String,
     pub worker_threads: usize,
     pub controllers: controllers::ControllersConfig,
+    /// The built-in node, unless `--disable-agent`.
+    pub node: Option<NodeFlags>,
 }
 
 impl ServerConfig {
@@ -193,6 +257,7 @@ impl ServerConfig {
             store: store::StoreConfig { history_retention, ..Default::default() },
             log_level: f.log_level,
             worker_threads,
+            node: (!f.disable_agent).then_some(f.node),
             controllers: controllers::ControllersConfig {
                 identity: format!("{}_{}", hostname(), std::process::id()),
                 lease_duration: f.leader_lease_duration,
@@ -254,6 +319,20 @@ mod tests {
             log_level: "info".into(),
             worker_threads: None,
             cluster_cidr: "10.42.0.0/16".into(),
+            disable_agent: true,
+            node: NodeFlags {
+                node_name: None,
+                node_ip: None,
+                kubelet_port: 10250,
+                log_root: "/var/log/pods".into(),
+                cgroup_root: "skiff".into(),
+                cni_bin_dir: "/usr/lib/cni".into(),
+                cni_conf_dir: None,
+                registry_mirrors: vec![],
+                plain_http_registries: vec![],
+                restart_backoff: Duration::from_secs(10),
+                node_lease_renew: Duration::from_secs(10),
+            },
             leader_lease_duration: Duration::from_secs(15),
             leader_renew_deadline: Duration::from_secs(10),
             leader_retry_period: Duration::from_secs(2),

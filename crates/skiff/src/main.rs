@@ -7,6 +7,7 @@
 
 mod config;
 mod image_cli;
+mod node;
 
 use std::path::Path;
 use std::time::Instant;
@@ -26,6 +27,24 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Shim { args } => runtime::container::shim_main(args),
+        Command::Agent(flags) => {
+            init_tracing(&flags.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("skiff agent: cannot start the async runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run_agent(flags)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("skiff agent: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Image(cmd) => match image_cli::run(cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -102,13 +121,26 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
         format!("http://{addr}").parse().context("the API server address is not a URL")?,
     ))
     .context("cannot build the controllers' API client")?;
+    let client_for_node = client.clone();
     let controllers = tokio::spawn(controllers::run_all(controllers::Context {
         client,
         config: config.controllers.clone(),
         shutdown: shutdown.clone(),
     }));
+    let node = config.node.clone().map(|flags| {
+        let (client, shutdown, data_dir) = (client_for_node.clone(), shutdown.clone(), config.data_dir.clone());
+        tokio::spawn(async move {
+            if let Err(e) = node::run(flags, &data_dir, client, shutdown.clone()).await {
+                tracing::error!("{e:#}");
+                // A server whose built-in node cannot run is still a working control plane.
+            }
+        })
+    });
     let result = server.serve().await;
     shutdown.cancel();
+    if let Some(node) = node {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node).await;
+    }
     signals.abort();
     // Controllers release their leader Lease on the way out; the API server is gone by now, so
     // give them a moment and no more.
@@ -117,6 +149,31 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     drop(store);
     tracing::info!("skiff server stopped");
     result.context("the API server failed")
+}
+
+async fn run_agent(flags: config::AgentFlags) -> anyhow::Result<()> {
+    let url: http_url::Url = flags.server.parse().map_err(|e| anyhow::anyhow!("--server {:?}: {e}", flags.server))?;
+    let client = kube::Client::try_from(kube::Config::new(url.0)).context("cannot build the API client")?;
+    std::fs::create_dir_all(&flags.data_dir).with_context(|| format!("cannot create --data-dir {}", flags.data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let result = node::run(flags.node, &flags.data_dir, client, shutdown).await;
+    signals.abort();
+    result
+}
+
+/// `--server` URLs: plain HTTP until TLS lands.
+mod http_url {
+    pub struct Url(pub http::Uri);
+    impl std::str::FromStr for Url {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            if !s.starts_with("http://") {
+                return Err("use http://HOST:PORT (the server speaks plain HTTP on loopback for now)".into());
+            }
+            s.parse::<http::Uri>().map(Url).map_err(|e| e.to_string())
+        }
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -196,7 +196,7 @@ impl Session {
             Err(e) => {
                 let status = internal_error(&format!("error executing command in container: {e}"));
                 let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
-                let _ = sink.close().await;
+                let _ = sink.send(normal_close()).await;
                 return;
             }
         };
@@ -267,8 +267,15 @@ impl Session {
             Err(e) => internal_error(&format!("error executing command in container: {e}")),
         };
         let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
-        let _ = sink.close().await;
+        let _ = sink.send(normal_close()).await;
     }
+}
+
+/// A close frame with code 1000. client-go's WebSocket executor treats any other close —
+/// including one with no code (1005) — as an error on every stream, even after the status
+/// arrived, and kubectl then fails with "error reading from error stream".
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() }))
 }
 
 /// Copies one output pipe to its channel (or drains it, so the process never blocks on a

@@ -1,1 +1,0 @@
-//! pods (being written)

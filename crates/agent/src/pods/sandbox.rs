@@ -1,0 +1,354 @@
+//! The pod sandbox on the host: the pod directory (with a `pod.json` record so an orphaned
+//! directory can be cleaned up after the API object is gone), `/etc/hosts`, `resolv.conf`,
+//! volumes (emptyDir on disk or tmpfs, hostPath with type checks) and their removal.
+//!
+//! ```text
+//! <pod_dir>/pod.json                              namespace, name, uid, hostNetwork
+//! <pod_dir>/etc-hosts, resolv.conf
+//! <pod_dir>/volumes/kubernetes.io~empty-dir/<v>  emptyDir (a tmpfs mount for medium Memory)
+//! <pod_dir>/containers/<name>/                    rootfs, upper, work, termination-log
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Pod, Volume};
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+use super::container::HostVolume;
+
+/// A sandbox step that failed. Retryable: the worker tries again on its next sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{step} {path:?}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{step} {path:?}")]
+    Mount {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
+    move |source| SandboxError::Io {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the agent records about a pod on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub host_network: bool,
+}
+
+pub const POD_RECORD: &str = "pod.json";
+const EMPTY_DIR: &str = "volumes/kubernetes.io~empty-dir";
+
+pub fn write_record(pod_dir: &Path, record: &PodRecord) -> Result<(), SandboxError> {
+    fs::create_dir_all(pod_dir).map_err(io_err("creating pod directory", pod_dir))?;
+    let path = pod_dir.join(POD_RECORD);
+    let bytes = serde_json::to_vec(record).map_err(|e| SandboxError::Io {
+        step: "encoding",
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    fs::write(&path, bytes).map_err(io_err("writing", &path))
+}
+
+pub fn read_record(pod_dir: &Path) -> Option<PodRecord> {
+    serde_json::from_slice(&fs::read(pod_dir.join(POD_RECORD)).ok()?).ok()
+}
+
+/// The kubelet-managed hosts file (pkg/kubelet/kubelet_pods.go `managedHostsFileContent`).
+pub fn hosts_file(pod: &Pod, pod_ips: &[String]) -> String {
+    let spec = pod.spec.as_ref();
+    let hostname = spec
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    let fqdn = match (
+        spec.and_then(|s| s.subdomain.as_deref()),
+        pod.metadata.namespace.as_deref(),
+    ) {
+        (Some(sub), Some(ns)) if !sub.is_empty() => {
+            Some(format!("{hostname}.{sub}.{ns}.svc.cluster.local"))
+        }
+        _ => None,
+    };
+    for ip in pod_ips {
+        match &fqdn {
+            Some(fqdn) => out.push_str(&format!("{ip}\t{fqdn}\t{hostname}\n")),
+            None => out.push_str(&format!("{ip}\t{hostname}\n")),
+        }
+    }
+    let aliases = spec.and_then(|s| s.host_aliases.as_ref());
+    if aliases.is_some_and(|a| !a.is_empty()) {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for alias in aliases.into_iter().flatten() {
+            out.push_str(&format!(
+                "{}\t{}\n",
+                alias.ip,
+                alias.hostnames.clone().unwrap_or_default().join("\t")
+            ));
+        }
+    }
+    out
+}
+
+/// Writes `/etc/hosts` and `resolv.conf` for the pod. hostNetwork pods get the node's own
+/// hosts file, as upstream.
+pub fn write_files(
+    pod_dir: &Path,
+    pod: &Pod,
+    pod_ips: &[String],
+    host_network: bool,
+    resolv_conf: &Path,
+) -> Result<(PathBuf, PathBuf), SandboxError> {
+    let hosts = pod_dir.join("etc-hosts");
+    let content = if host_network {
+        fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts_file(pod, pod_ips))
+    } else {
+        hosts_file(pod, pod_ips)
+    };
+    fs::write(&hosts, content).map_err(io_err("writing", &hosts))?;
+    let resolv = pod_dir.join("resolv.conf");
+    let content = fs::read(resolv_conf).unwrap_or_default();
+    fs::write(&resolv, content).map_err(io_err("writing", &resolv))?;
+    Ok((hosts, resolv))
+}
+
+/// `emptyDir.sizeLimit` in bytes, for the tmpfs `size=` option.
+fn size_limit(volume: &Volume) -> Option<u64> {
+    let q = volume.empty_dir.as_ref()?.size_limit.as_ref()?;
+    let millis = api::validation::parse_quantity(&q.0).ok()?;
+    u64::try_from((millis + 999) / 1000).ok().filter(|b| *b > 0)
+}
+
+/// Makes every volume of the pod ready on the host. A volume that cannot be made (a hostPath
+/// whose type check fails, a kind this node does not support) is reported per volume, so only
+/// the containers mounting it fail.
+pub fn prepare_volumes(
+    pod_dir: &Path,
+    pod: &Pod,
+) -> (BTreeMap<String, HostVolume>, BTreeMap<String, String>) {
+    let mut ready = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    for volume in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match prepare_volume(pod_dir, volume) {
+            Ok(v) => {
+                ready.insert(volume.name.clone(), v);
+            }
+            Err(message) => {
+                failed.insert(volume.name.clone(), message);
+            }
+        }
+    }
+    (ready, failed)
+}
+
+fn prepare_volume(pod_dir: &Path, volume: &Volume) -> Result<HostVolume, String> {
+    if let Some(empty) = &volume.empty_dir {
+        let path = pod_dir.join(EMPTY_DIR).join(&volume.name);
+        fs::create_dir_all(&path).map_err(|e| format!("creating emptyDir {path:?}: {e}"))?;
+        // Upstream makes emptyDirs world-writable so any container user can use them.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod {path:?}: {e}"))?;
+        if empty.medium.as_deref() == Some("Memory") && !runtime::image::snapshot::is_mounted(&path)
+        {
+            let mut options = String::from("mode=0777");
+            if let Some(bytes) = size_limit(volume) {
+                options.push_str(&format!(",size={bytes}"));
+            }
+            nix::mount::mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .map_err(|e| format!("mounting tmpfs for emptyDir {:?}: {e}", volume.name))?;
+        }
+        return Ok(HostVolume {
+            path,
+            read_only: false,
+        });
+    }
+    if let Some(host) = &volume.host_path {
+        let path = PathBuf::from(&host.path);
+        check_host_path(&path, host.type_.as_deref().unwrap_or(""))?;
+        return Ok(HostVolume {
+            path,
+            read_only: false,
+        });
+    }
+    Err(format!(
+        "volume {:?}: this kind of volume is not supported by this node yet (only emptyDir and hostPath are)",
+        volume.name
+    ))
+}
+
+/// hostPath `type` checks and creations (pkg/volume/hostpath `checkType`).
+fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
+    let meta = fs::metadata(path);
+    let fail = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {} is not {what}",
+            path.display()
+        ))
+    };
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" => match meta {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => fail("a directory"),
+            Err(_) => {
+                fs::create_dir_all(path)
+                    .map_err(|e| format!("creating hostPath {}: {e}", path.display()))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("chmod {}: {e}", path.display()))
+            }
+        },
+        "FileOrCreate" => match meta {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => fail("a file"),
+            Err(_) => fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(|_| ())
+                .map_err(|e| format!("creating hostPath {}: {e}", path.display())),
+        },
+        "Directory" if meta.as_ref().is_ok_and(|m| m.is_dir()) => Ok(()),
+        "Directory" => fail("a directory"),
+        "File" if meta.as_ref().is_ok_and(|m| m.is_file()) => Ok(()),
+        "File" => fail("a file"),
+        "Socket" if meta.as_ref().is_ok_and(|m| m.file_type().is_socket()) => Ok(()),
+        "Socket" => fail("a socket"),
+        "CharDevice" if meta.as_ref().is_ok_and(|m| m.file_type().is_char_device()) => Ok(()),
+        "CharDevice" => fail("a character device"),
+        "BlockDevice" if meta.as_ref().is_ok_and(|m| m.file_type().is_block_device()) => Ok(()),
+        "BlockDevice" => fail("a block device"),
+        other => Err(format!("hostPath type {other:?} is not a known type")),
+    }
+}
+
+/// Unmounts the pod's tmpfs volumes and removes its directory. Idempotent.
+pub fn remove(pod_dir: &Path) -> Result<(), SandboxError> {
+    let empty = pod_dir.join(EMPTY_DIR);
+    if let Ok(entries) = fs::read_dir(&empty) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            while runtime::image::snapshot::is_mounted(&path) {
+                nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(|source| {
+                    SandboxError::Mount {
+                        step: "unmounting emptyDir",
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            }
+        }
+    }
+    match fs::remove_dir_all(pod_dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SandboxError::Io {
+            step: "removing pod directory",
+            path: pod_dir.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(extra: serde_json::Value) -> Pod {
+        let mut spec = json!({"containers": []});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(
+            json!({"metadata": {"name": "web-0", "namespace": "prod"}, "spec": spec}),
+        )
+        .expect("pod")
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod_and_aliases() {
+        let plain = hosts_file(&pod(json!({})), &["10.42.0.5".into()]);
+        assert!(plain.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
+        assert!(plain.ends_with("10.42.0.5\tweb-0\n"));
+        let full = hosts_file(
+            &pod(
+                json!({"subdomain": "web", "hostAliases": [{"ip": "1.2.3.4", "hostnames": ["a", "b"]}]}),
+            ),
+            &["10.42.0.5".into()],
+        );
+        assert!(full.contains("10.42.0.5\tweb-0.web.prod.svc.cluster.local\tweb-0\n"));
+        assert!(full.ends_with("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
+    }
+
+    #[test]
+    fn volumes_and_host_path_types() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = dir.path().join("host");
+        let p = pod(json!({"volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "made", "hostPath": {"path": host.join("made"), "type": "DirectoryOrCreate"}},
+            {"name": "missing", "hostPath": {"path": host.join("nope"), "type": "Directory"}},
+            {"name": "cm", "configMap": {"name": "x"}},
+        ]}));
+        fs::create_dir_all(&host).expect("host dir");
+        let pod_dir = dir.path().join("pod");
+        let (ready, failed) = prepare_volumes(&pod_dir, &p);
+        assert_eq!(ready.keys().collect::<Vec<_>>(), ["made", "scratch"]);
+        assert!(host.join("made").is_dir());
+        assert!(pod_dir.join(EMPTY_DIR).join("scratch").is_dir());
+        assert!(
+            failed["missing"].contains("is not a directory"),
+            "{failed:?}"
+        );
+        assert!(failed["cm"].contains("not supported"));
+        write_record(
+            &pod_dir,
+            &PodRecord {
+                namespace: "prod".into(),
+                name: "web-0".into(),
+                uid: "u".into(),
+                host_network: false,
+            },
+        )
+        .expect("record");
+        assert_eq!(read_record(&pod_dir).map(|r| r.uid), Some("u".to_string()));
+        remove(&pod_dir).expect("remove");
+        assert!(!pod_dir.exists());
+        remove(&pod_dir).expect("idempotent");
+    }
+}

@@ -1,0 +1,77 @@
+//! A node: the server's built-in one or `skiff agent`. Builds the agent's config from flags,
+//! starts the kubelet server and runs the agent until shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeFlags;
+
+/// The address of the interface the default route uses, found without sending anything (a UDP
+/// `connect` only picks a route); 127.0.0.1 when there is none (e.g. a fresh namespace).
+fn detect_node_ip() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            // TEST-NET-1 (RFC 5737): never routed anywhere real, and no packet is sent.
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn parse_mirrors(mirrors: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for m in mirrors {
+        let (host, url) = m
+            .split_once('=')
+            .with_context(|| format!("--registry-mirror {m:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000"))?;
+        out.entry(host.to_string()).or_default().push(url.to_string());
+    }
+    Ok(out)
+}
+
+/// Starts the kubelet server and the agent; returns when `shutdown` fires (containers keep
+/// running under their shims).
+pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node_name = flags.node_name.clone().unwrap_or_else(|| crate::config::hostname().to_lowercase());
+    let node_ip = flags.node_ip.unwrap_or_else(detect_node_ip);
+    let skiff_binary = std::env::current_exe().context("cannot find the skiff binary to run pod shims")?;
+    let data_dir = std::path::absolute(data_dir).context("--data-dir")?;
+    let mut config = agent::node::AgentConfig::new(&node_name, &data_dir, &skiff_binary, node_ip);
+    config.log_root = flags.log_root.clone();
+    config.cgroup_root = flags.cgroup_root.clone();
+    config.backoff_base = flags.restart_backoff;
+    config.lease_renew = flags.node_lease_renew;
+    config.registry.mirrors = parse_mirrors(&flags.registry_mirrors)?;
+    config.registry.plain_http = flags.plain_http_registries.clone();
+
+    let paths = config.paths();
+    let cni = net::cni::CniRuntime::new(
+        flags.cni_bin_dir.split(',').filter(|d| !d.is_empty()).map(Into::into).collect(),
+        flags.cni_conf_dir.clone().unwrap_or_else(|| paths.root.join("cni").join("net.d")),
+        paths.network_state().join("cni-cache"),
+    );
+    config.pod_network = Arc::new(agent::network::CniNetwork::new(
+        cni,
+        "skiff-",
+        Arc::new(net::netns::HostNetns::new()),
+        Some(data_dir.clone()),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(node_ip, flags.kubelet_port))
+        .await
+        .with_context(|| format!("cannot listen on {node_ip}:{} for the kubelet server (--kubelet-port)", flags.kubelet_port))?;
+    config.kubelet_port = listener.local_addr()?.port();
+    config.validate().map_err(|e| anyhow::anyhow!("node settings: {e}"))?;
+    tracing::info!(node = %node_name, ip = %node_ip, kubelet_port = config.kubelet_port, "starting the node");
+
+    let server = tokio::spawn(agent::server::serve(listener, paths, shutdown.clone()));
+    let result = agent::node::run(config, client, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    result.map_err(|e| anyhow::anyhow!("the node agent failed: {e}"))
+}
