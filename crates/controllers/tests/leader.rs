@@ -24,6 +24,7 @@ fn context(client: &kube::Client, identity: &str) -> Context {
             lease_duration: Duration::from_millis(1000),
             renew_deadline: Duration::from_millis(700),
             retry_period: Duration::from_millis(200),
+            ..ControllersConfig::default()
         },
         shutdown: CancellationToken::new(),
     }
