@@ -37,6 +37,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::Context;
+use crate::error_chain;
 
 /// Leader Leases live here, like kube-controller-manager's and kube-scheduler's.
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -576,17 +577,6 @@ impl LeaderElector {
     }
 }
 
-/// An error with its sources, for one log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {

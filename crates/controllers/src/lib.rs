@@ -47,6 +47,18 @@ impl Default for ControllersConfig {
     }
 }
 
+/// An error with its sources, for one log line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// What every controller gets.
 #[derive(Clone)]
 pub struct Context {
