@@ -1,6 +1,6 @@
 //! The node agent against an in-process API server, as root: real containers from a busybox
-//! image imported at test time, through the shim (`target/debug/examples/shim`; build it with
-//! `cargo build -p skiff-runtime --example shim`). Every test owns a temp dir, a cgroup parent
+//! image imported at test time, through the shim (`target/debug/skiff shim`, built by
+//! `cargo test --workspace`, or `cargo build -p skiff`). Every test owns a temp dir, a cgroup parent
 //! `skiff-test-<pid>-<n>` and network namespaces `skiff-test-<pid>-<n>-<pod uid>`; a guard
 //! removes all of them — processes, mounts, cgroups, namespaces — even when the test fails.
 
@@ -32,7 +32,7 @@ fn is_root() -> bool {
 fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let debug = exe.parent().and_then(Path::parent).expect("target dir");
-    debug.join("examples").join("shim")
+    debug.join("skiff")
 }
 
 /// An in-process API server on a memory store and a kube client for it.

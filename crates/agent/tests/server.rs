@@ -278,11 +278,11 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// `target/debug/examples/shim` (`cargo build -p skiff-runtime --example shim`).
+/// `target/debug/skiff` (`skiff shim`; built by `cargo test --workspace`).
 fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let debug = exe.parent().and_then(Path::parent).expect("target dir");
-    debug.join("examples").join("shim")
+    debug.join("skiff")
 }
 
 /// A pod with one busybox container run by a real shim; kills everything and removes its

@@ -18,11 +18,12 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `target/debug/examples/shim`, next to this test binary's `deps` directory.
+/// `target/debug/skiff` (run as `skiff shim …`), next to this test binary's `deps` directory;
+/// `cargo test --workspace` builds it because the skiff package has integration tests.
 fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let debug = exe.parent().and_then(Path::parent).expect("target dir");
-    debug.join("examples").join("shim")
+    debug.join("skiff")
 }
 
 struct Pod {
