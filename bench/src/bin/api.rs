@@ -80,7 +80,9 @@ async fn start(client: &reqwest::Client) -> anyhow::Result<(ServerProc, Duration
     }
     let t0 = Instant::now();
     let child = Command::new(&bin)
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn", "--data-dir"])
+        // The control plane alone: the built-in node changes the network and runs only inside a
+        // namespace of its own (see tests/tests/node.rs).
+        .args(["server", "--disable-agent", "--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn", "--data-dir"])
         .arg(dir.path().join("data"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
