@@ -124,12 +124,24 @@ impl Operations {
         identity: &ObjectIdentity,
         owner_uids: &[String],
     ) -> Result<(), GcError> {
-        let api = self.api(identity)?;
         let deletes: Vec<Value> = owner_uids
             .iter()
             .map(|uid| json!({"$patch": "delete", "uid": uid}))
             .collect();
-        let patch = json!({"metadata": {"ownerReferences": deletes, "uid": identity.uid}});
+        self.patch_owner_references(identity, deletes, "remove ownerReferences")
+            .await
+    }
+
+    /// A strategic merge patch of `metadata.ownerReferences` (merged by uid), guarded by the
+    /// object's uid so a same-named newer object is never touched. A vanished object is fine.
+    async fn patch_owner_references(
+        &self,
+        identity: &ObjectIdentity,
+        references: Vec<Value>,
+        step: &'static str,
+    ) -> Result<(), GcError> {
+        let api = self.api(identity)?;
+        let patch = json!({"metadata": {"ownerReferences": references, "uid": identity.uid}});
         match api
             .patch_metadata(
                 &identity.name,
@@ -142,7 +154,7 @@ impl Operations {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(source) => Err(GcError::Patch {
                 object: identity.to_string(),
-                step: "remove ownerReferences",
+                step,
                 source,
             }),
         }
@@ -163,24 +175,8 @@ impl Operations {
         if unblock.is_empty() {
             return Ok(());
         }
-        let api = self.api(identity)?;
-        let patch = json!({"metadata": {"ownerReferences": unblock, "uid": identity.uid}});
-        match api
-            .patch_metadata(
-                &identity.name,
-                &PatchParams::default(),
-                &Patch::Strategic(&patch),
-            )
+        self.patch_owner_references(identity, unblock, "unblock ownerReferences")
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(source) => Err(GcError::Patch {
-                object: identity.to_string(),
-                step: "unblock ownerReferences",
-                source,
-            }),
-        }
     }
 
     /// Removes one finalizer with a merge patch of the whole list, guarded by the
