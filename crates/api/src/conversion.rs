@@ -6,6 +6,7 @@
 //! * `horizontalpodautoscalers` in `autoscaling/v2` (stored) and `autoscaling/v1`, whose single
 //!   `targetCPUUtilizationPercentage` is the v2 cpu Utilization metric
 //!   (`pkg/apis/autoscaling/v1/conversion.go`).
+//!
 //! Every other resource is stored as served.
 
 use serde_json::{Map, Value, json};
@@ -40,22 +41,20 @@ pub fn needs_conversion(res: &Resource) -> bool {
 fn hpa_v1_to_v2(obj: &Value) -> Value {
     let mut out = obj.clone();
     out["apiVersion"] = json!("autoscaling/v2");
-    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
-        if let Some(pct) = spec.remove("targetCPUUtilizationPercentage") {
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut)
+        && let Some(pct) = spec.remove("targetCPUUtilizationPercentage") {
             spec.insert(
                 "metrics".into(),
                 json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": pct}}}]),
             );
         }
-    }
-    if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
-        if let Some(pct) = status.remove("currentCPUUtilizationPercentage") {
+    if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut)
+        && let Some(pct) = status.remove("currentCPUUtilizationPercentage") {
             status.insert(
                 "currentMetrics".into(),
                 json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": pct}}}]),
             );
         }
-    }
     out
 }
 
@@ -68,23 +67,21 @@ fn hpa_v2_to_v1(obj: &Value) -> Value {
     let mut out = obj.clone();
     out["apiVersion"] = json!("autoscaling/v1");
     if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
-        if let Some(Value::Array(metrics)) = spec.remove("metrics") {
-            if let Some(pct) = metrics
+        if let Some(Value::Array(metrics)) = spec.remove("metrics")
+            && let Some(pct) = metrics
                 .iter()
                 .find(|m| is_cpu_util(m) && m.pointer("/resource/target/type").and_then(Value::as_str) == Some("Utilization"))
                 .and_then(|m| m.pointer("/resource/target/averageUtilization"))
             {
                 spec.insert("targetCPUUtilizationPercentage".into(), pct.clone());
             }
-        }
         spec.remove("behavior");
     }
     if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
-        if let Some(Value::Array(metrics)) = status.remove("currentMetrics") {
-            if let Some(pct) = metrics.iter().find(|m| is_cpu_util(m)).and_then(|m| m.pointer("/resource/current/averageUtilization")) {
+        if let Some(Value::Array(metrics)) = status.remove("currentMetrics")
+            && let Some(pct) = metrics.iter().find(|m| is_cpu_util(m)).and_then(|m| m.pointer("/resource/current/averageUtilization")) {
                 status.insert("currentCPUUtilizationPercentage".into(), pct.clone());
             }
-        }
         status.remove("conditions");
     }
     out
