@@ -110,8 +110,7 @@ async fn dispatch(
             let obj = codec::decode_object(format, &raw)?;
             let opts = WriteOptions::from_request(q, headers)?;
             let (obj, warnings) = rest::create(state, res, ns, obj, Some((&raw, format)), &opts).await?;
-            let code = if res.create_only { StatusCode::CREATED } else { StatusCode::CREATED };
-            Ok(respond(code, &rest::object_response(res, obj, shape, q), shape, &warnings))
+            Ok(respond(StatusCode::CREATED, &rest::object_response(res, obj, shape, q), shape, &warnings))
         }
         (Method::DELETE, None, None) => {
             let raw = codec::read_body(body).await?;

@@ -379,15 +379,16 @@ fn address_of(node: &str, obj: &Value) -> Result<String, NodeProxyError> {
 }
 
 /// Opens an HTTP/1.1 connection to the kubelet.
+/// The kubelet at `address` could not be reached or answered nothing.
+fn unreachable(node: &str, address: &str, reason: impl ToString) -> NodeProxyError {
+    NodeProxyError::NodeUnreachable { node: node.to_string(), address: address.to_string(), reason: reason.to_string() }
+}
+
 async fn connect(
     address: &str,
     node: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, NodeProxyError> {
-    let unreachable = |reason: String| NodeProxyError::NodeUnreachable {
-        node: node.to_string(),
-        address: address.to_string(),
-        reason,
-    };
+    let unreachable = |reason: String| unreachable(node, address, reason);
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
@@ -433,11 +434,7 @@ async fn forward(
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| NodeProxyError::NodeUnreachable {
-            node: node.to_string(),
-            address: address.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| unreachable(node, address, e))?;
     if !resp.status().is_success() {
         return Err(kubelet_error(resp, sub, pod).await);
     }
@@ -476,11 +473,7 @@ async fn upgrade(
     let resp = sender
         .send_request(out)
         .await
-        .map_err(|e| NodeProxyError::NodeUnreachable {
-            node: node.to_string(),
-            address: address.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| unreachable(node, address, e))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let sub = path_and_query
             .trim_start_matches('/')

@@ -362,3 +362,16 @@ mod tests {
         assert!(parse_duration("5x").is_err());
     }
 }
+
+/// `HOST=URL` registry mirror flags into the runtime's mirror map; `flag` names the flag in
+/// the error (`--mirror` for `skiff image pull`, `--registry-mirror` for a node).
+pub fn parse_mirrors(flag: &str, mirrors: &[String]) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for m in mirrors {
+        let (host, url) = m
+            .split_once('=')
+            .ok_or_else(|| format!("{flag} {m:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000"))?;
+        out.entry(host.to_string()).or_default().push(url.to_string());
+    }
+    Ok(out)
+}

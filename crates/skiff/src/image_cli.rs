@@ -15,7 +15,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             let store = open(&store.images_dir())?;
             let image = ImageRef::parse(&reference).with_context(|| format!("{reference:?} is not an image reference"))?;
             let mut config = RegistryConfig { plain_http, ..Default::default() };
-            config.mirrors = parse_mirrors(&mirrors)?;
+            config.mirrors = crate::config::parse_mirrors("--mirror", &mirrors).map_err(anyhow::Error::msg)?;
             let credentials = match username {
                 Some(username) => Credentials::Basic {
                     username,
@@ -76,17 +76,6 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
 
 fn open(dir: &std::path::Path) -> anyhow::Result<Store> {
     Store::open(dir).with_context(|| format!("cannot open the image store at {}", dir.display()))
-}
-
-fn parse_mirrors(mirrors: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in mirrors {
-        let (host, url) = m
-            .split_once('=')
-            .with_context(|| format!("--mirror {m:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000"))?;
-        out.entry(host.to_string()).or_default().push(url.to_string());
-    }
-    Ok(out)
 }
 
 fn human_size(bytes: u64) -> String {

@@ -23,17 +23,6 @@ fn detect_node_ip() -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-fn parse_mirrors(mirrors: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
-    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for m in mirrors {
-        let (host, url) = m
-            .split_once('=')
-            .with_context(|| format!("--registry-mirror {m:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000"))?;
-        out.entry(host.to_string()).or_default().push(url.to_string());
-    }
-    Ok(out)
-}
-
 /// Starts the kubelet server and the agent; returns when `shutdown` fires (containers keep
 /// running under their shims).
 pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -46,7 +35,7 @@ pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdo
     config.cgroup_root = flags.cgroup_root.clone();
     config.backoff_base = flags.restart_backoff;
     config.lease_renew = flags.node_lease_renew;
-    config.registry.mirrors = parse_mirrors(&flags.registry_mirrors)?;
+    config.registry.mirrors = crate::config::parse_mirrors("--registry-mirror", &flags.registry_mirrors).map_err(anyhow::Error::msg)?;
     config.registry.plain_http = flags.plain_http_registries.clone();
 
     let paths = config.paths();
