@@ -6,14 +6,26 @@
 //! * `node_ipam`: assigns each Node a pod CIDR from the cluster CIDR.
 //! * `garbage_collector`: ownerReferences — Background, Foreground (blockOwnerDeletion) and
 //!   Orphan propagation.
+//! * `replicaset`: keeps `replicas` pods for each ReplicaSet and ReplicationController.
+//! * `deployment`: rolls Deployments out through ReplicaSets (RollingUpdate, Recreate).
+//! * `node_lifecycle`: marks nodes with stale Leases unreachable, taints them, evicts pods.
+//! * `pod_gc`: removes pods of vanished nodes and terminated pods beyond a threshold.
+//! * `serviceaccount`: a `default` ServiceAccount in every namespace.
+//! * `events`: the Event recorder all of them (and the scheduler) share.
 //!
 //! Each controller follows kube-runtime's shape: watches feed a cache, events only enqueue keys,
 //! and one idempotent `reconcile` works from current state (NotFound means deleted).
 
+pub mod deployment;
+pub mod events;
 pub mod garbage_collector;
 pub mod leader;
 pub mod namespace;
 pub mod node_ipam;
+pub mod node_lifecycle;
+pub mod pod_gc;
+pub mod replicaset;
+pub mod serviceaccount;
 
 use std::time::Duration;
 

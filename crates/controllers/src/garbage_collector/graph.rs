@@ -33,6 +33,18 @@ pub struct ObjectIdentity {
 }
 
 impl ObjectIdentity {
+    /// The reference an Event about this object carries.
+    pub fn object_reference(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(self.api_version.clone()),
+            kind: Some(self.kind.clone()),
+            name: Some(self.name.clone()),
+            namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
+            uid: Some(self.uid.clone()),
+            ..Default::default()
+        }
+    }
+
     /// The identity an owner reference implies when read from a dependent in `namespace`.
     pub fn of_owner_reference(owner: &OwnerReference, namespace: &str) -> Self {
         Self {

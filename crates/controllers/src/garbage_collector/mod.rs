@@ -23,7 +23,6 @@
 
 mod attempt_to_delete;
 mod attempt_to_orphan;
-mod events;
 mod graph;
 mod monitor;
 mod operations;
@@ -38,7 +37,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Context;
-use events::EventRecorder;
+use crate::events::EventRecorder;
+
+/// The component upstream's garbage collector records events as.
+const EVENT_COMPONENT: &str = "garbage-collector-controller";
 use graph::{DependencyGraph, Effect, Node};
 use monitor::GraphChange;
 use operations::Operations;
@@ -119,7 +121,11 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), GcError>
     let gc = Arc::new(GarbageCollector {
         graph: Mutex::new(DependencyGraph::default()),
         operations: Operations::new(ctx.client.clone()),
-        events: EventRecorder::new(ctx.client.clone(), ctx.config.identity.clone()),
+        events: EventRecorder::new(
+            ctx.client.clone(),
+            EVENT_COMPONENT,
+            ctx.config.identity.clone(),
+        ),
         attempt_to_delete: WorkQueue::new(stop.clone()),
         attempt_to_orphan: WorkQueue::new(stop.clone()),
         stop: stop.clone(),
@@ -324,9 +330,10 @@ impl GarbageCollector {
                         "ownerRef {invalid_owner} does not exist in namespace {:?}",
                         dependent.namespace
                     );
+                    let reference = dependent.object_reference();
                     tokio::spawn(async move {
                         tokio::select! {
-                            () = events.warn(&dependent, "OwnerRefInvalidNamespace", message) => {}
+                            () = events.warning(&reference, "OwnerRefInvalidNamespace", message) => {}
                             () = stop.cancelled() => {}
                         }
                     });
