@@ -431,3 +431,97 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// A `docker-registry` (apt) serving plain HTTP on 127.0.0.1:5000 inside a test's network
+/// namespace, killed by PID on drop.
+pub struct Registry {
+    child: Child,
+    netns: String,
+    pub addr: String,
+}
+
+impl Registry {
+    pub fn start(netns: &TestNetns, dir: &Path) -> Registry {
+        let addr = "127.0.0.1:5000".to_string();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry-data").display()
+            ),
+        )
+        .expect("registry config");
+        // nsenter execs the registry itself, so the child's PID is the registry's.
+        let child = netns
+            .command("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("apt docker-registry provides docker-registry");
+        let registry = Registry { child, netns: netns.name.clone(), addr };
+        for _ in 0..200 {
+            if registry.curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/v2/", registry.addr)]).0 == "200" {
+                return registry;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not answer on {} in {}", registry.addr, registry.netns);
+    }
+
+    fn curl(&self, args: &[&str]) -> (String, String) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg("curl")
+            .args(args)
+            .output()
+            .expect("curl");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Pushes the single image of an OCI layout (as [`image_fixture::busybox_layout`] writes)
+    /// as `<addr>/<repo>:<tag>`, with the registry HTTP API (upload session, then PUT).
+    pub fn push_layout(&self, layout: &Path, repo: &str, tag: &str) {
+        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("index");
+        let manifest_digest = index["manifests"][0]["digest"].as_str().expect("manifest digest").to_string();
+        let blob_path = |d: &str| layout.join("blobs").join("sha256").join(d.trim_start_matches("sha256:"));
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob_path(&manifest_digest)).expect("manifest")).expect("manifest json");
+        let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap_or_default().to_string()];
+        blobs.extend(manifest["layers"].as_array().into_iter().flatten().filter_map(|l| l["digest"].as_str()).map(str::to_string));
+        for digest in blobs {
+            let (headers, err) = self.curl(&["-sS", "-X", "POST", "-D", "-", "-o", "/dev/null", &format!("http://{}/v2/{repo}/blobs/uploads/", self.addr)]);
+            let location = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
+                .unwrap_or_else(|| panic!("no upload location from the registry: {headers}{err}"))
+                .trim()
+                .to_string();
+            let location = if location.starts_with('/') { format!("http://{}{location}", self.addr) } else { location };
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let (code, err) = self.curl(&[
+                "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+                "-H", "Content-Type: application/octet-stream",
+                "--data-binary", &format!("@{}", blob_path(&digest).display()),
+                &format!("{location}{sep}digest={digest}"),
+            ]);
+            assert_eq!(code, "201", "blob upload of {digest}: {err}");
+        }
+        let (code, err) = self.curl(&[
+            "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+            "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary", &format!("@{}", blob_path(&manifest_digest).display()),
+            &format!("http://{}/v2/{repo}/manifests/{tag}", self.addr),
+        ]);
+        assert_eq!(code, "201", "manifest upload: {err}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

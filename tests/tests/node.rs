@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use skiff_e2e::{Server, TestNetns, image_fixture, skiff_bin};
+use skiff_e2e::{Kubectl, Registry, Server, TestNetns, expect_line, image_fixture, skiff_bin};
 
 /// Removes the test's cgroup root from every hierarchy (the agent removes pod cgroups). If a
 /// test failed midway, first ends what is still running in it and unmounts what the node
@@ -93,57 +93,14 @@ fn leftover_cgroups(root: &str) -> Vec<String> {
 
 #[test]
 fn a_bound_pod_runs_logs_execs_and_is_cleaned_up() {
-    let cgroup_root = CgroupRoot::new(format!("skiff-test-{}-node", std::process::id()));
-    let netns = TestNetns::create("node");
-    let logs = tempfile::Builder::new().prefix("skiff-e2e-logs-").tempdir().expect("tempdir");
-    let server = Server::start_in(
-        Some(netns),
-        &[
-            "--node-name", "node-1",
-            "--kubelet-port", "0",
-            "--cgroup-root", &cgroup_root.0,
-            "--log-root", logs.path().to_str().unwrap_or_default(),
-            "--restart-backoff", "1s",
-        ],
-    );
-    cgroup_root.watch_data_dir(server.data_dir());
-    let k = server.kubectl("1.33");
-    // On failure, pods are deleted through the API first so the node tears them down itself.
-    struct DeletePods<'a>(&'a skiff_e2e::Kubectl);
-    impl Drop for DeletePods<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                let _ = self.0.run(&["delete", "pods", "--all", "--grace-period=1", "--timeout=30s"]);
-            }
-        }
-    }
-    let _delete_pods = DeletePods(&k);
-
-    // The image comes from `skiff image import` into the node's store.
-    let layout = image_fixture::busybox_layout(&server.dir.path().join("layout"), "docker.io/library/busybox:1.36");
-    let out = Command::new(skiff_bin())
-        .args(["image", "import"])
-        .arg(&layout)
-        .arg("--data-dir")
-        .arg(server.data_dir())
-        .output()
-        .expect("skiff image import");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    let out = k.run(&["wait", "node/node-1", "--for=condition=Ready", "--timeout=60s"]).ok();
-    assert!(out.stdout.contains("condition met"), "{}", out.stdout);
+    let env = NodeEnv::start("node", &[]);
+    let k = &env.k;
     k.run(&["wait", "node/node-1", "--for=jsonpath={.spec.podCIDR}", "--timeout=30s"]).ok();
     let out = k.run(&["get", "node", "node-1", "-o", "jsonpath={.spec.podCIDR} {.status.nodeInfo.containerRuntimeVersion}"]).ok();
     assert!(out.stdout.starts_with("10.42.0.0/24 skiff://"), "{}", out.stdout);
 
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box\nspec:\n  nodeName: node-1\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: busybox:1.36\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo hello from box; exec sleep 1000\"]\n";
-    let f = k.with_file("pod.yaml", pod);
-    k.run(&["create", "-f", f.to_str().unwrap_or_default()]).ok();
-    let out = k.run(&["wait", "pod/box", "--for=condition=Ready", "--timeout=60s"]);
-    if !out.status.success() {
-        let pod = k.run(&["get", "pod", "box", "-o", "yaml"]);
-        panic!("pod box never became Ready: {}\n{}\nserver log:\n{}", out.stderr, pod.stdout, server.log());
-    }
+    env.create("box", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box\nspec:\n  nodeName: node-1\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: busybox:1.36\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo hello from box; exec sleep 1000\"]\n");
+    env.wait("box", "--for=condition=Ready", "60s");
 
     let out = k.run(&["get", "pod", "box", "-o", "wide"]).ok();
     let row = out.stdout.lines().nth(1).unwrap_or_default().to_string();
@@ -159,25 +116,336 @@ fn a_bound_pod_runs_logs_execs_and_is_cleaned_up() {
     assert!(out.status.success(), "{}", out.stderr);
 
     // A failing container: restartPolicy Never, exit 3 → Failed with the exit code.
-    let failing = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fails\nspec:\n  nodeName: node-1\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", \"exit 3\"]\n";
-    let f = k.with_file("fails.yaml", failing);
-    k.run(&["create", "-f", f.to_str().unwrap_or_default()]).ok();
-    let out = k.run(&["wait", "pod/fails", "--for=jsonpath={.status.phase}=Failed", "--timeout=60s"]).ok();
-    assert!(out.stdout.contains("condition met"), "{}", out.stdout);
-    let out = k.run(&["get", "pod", "fails", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.reason}"]).ok();
-    assert_eq!(out.stdout.trim(), "3 Error");
+    env.create("fails", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fails\nspec:\n  nodeName: node-1\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", \"exit 3\"]\n");
+    env.wait("fails", "--for=jsonpath={.status.phase}=Failed", "60s");
+    assert_eq!(env.jsonpath("fails", "{.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.reason}"), "3 Error");
 
-    // Deletion honours the grace period and leaves nothing behind.
-    for p in ["box", "fails"] {
-        let out = k.run(&["delete", "pod", p, "--timeout=60s"]).ok();
-        assert_eq!(out.stdout.trim(), format!("pod \"{p}\" deleted"));
+    // Deletion honours the grace period: the container gets SIGTERM and time to end.
+    let started = std::time::Instant::now();
+    let out = k.run(&["delete", "pod", "box", "--timeout=60s"]).ok();
+    assert_eq!(out.stdout.trim(), "pod \"box\" deleted");
+    // `sleep` as PID 1 ignores SIGTERM, so the node waits out the 2 s grace period, then kills.
+    assert!(started.elapsed() >= Duration::from_secs(2), "deleted after {:?}", started.elapsed());
+    env.delete_all_and_check_clean();
+}
+
+/// A `skiff server` with its node in a network namespace of its own, the busybox image
+/// imported, and kubectl 1.33 pointed at it. On a failing test, pods are deleted through the
+/// API first so the node tears them down itself; then the server stops and leftovers go.
+struct NodeEnv {
+    k: Kubectl,
+    server: Server,
+    cgroup_root: CgroupRoot,
+    _logs: tempfile::TempDir,
+}
+
+impl NodeEnv {
+    fn start(tag: &str, extra: &[&str]) -> NodeEnv {
+        let cgroup_root = CgroupRoot::new(format!("skiff-test-{}-{tag}", std::process::id()));
+        let netns = TestNetns::create(tag);
+        let logs = tempfile::Builder::new().prefix("skiff-e2e-logs-").tempdir().expect("tempdir");
+        let mut args = vec![
+            "--node-name", "node-1",
+            "--kubelet-port", "0",
+            "--cgroup-root", &cgroup_root.0,
+            "--log-root", logs.path().to_str().unwrap_or_default(),
+            "--restart-backoff", "1s",
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::start_in(Some(netns), &args);
+        cgroup_root.watch_data_dir(server.data_dir());
+        let k = server.kubectl("1.33");
+        let env = NodeEnv { k, server, cgroup_root, _logs: logs };
+        let layout = image_fixture::busybox_layout(&env.server.dir.path().join("layout"), "docker.io/library/busybox:1.36");
+        let out = Command::new(skiff_bin())
+            .args(["image", "import"])
+            .arg(&layout)
+            .arg("--data-dir")
+            .arg(env.server.data_dir())
+            .output()
+            .expect("skiff image import");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = env.k.run(&["wait", "node/node-1", "--for=condition=Ready", "--timeout=60s"]);
+        assert!(out.stdout.contains("condition met"), "{}{}\n{}", out.stdout, out.stderr, env.server.log());
+        env
     }
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(leftover_cgroups(&cgroup_root.0), Vec::<String>::new(), "pod cgroups left behind");
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let data = server.data_dir().display().to_string();
-    assert!(!mounts.lines().any(|l| l.contains(&data)), "mounts left under {data}");
-    let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    assert!(!netns.lines().any(|l| l.starts_with("skiff-") && !l.starts_with("skiff-test-")), "pod namespaces left: {netns}");
+
+    fn netns(&self) -> &TestNetns {
+        self.server.netns.as_ref().expect("the node runs in a namespace")
+    }
+
+    fn create(&self, name: &str, manifest: &str) {
+        let f = self.k.with_file(&format!("{name}.yaml"), manifest);
+        self.k.run(&["create", "-f", f.to_str().unwrap_or_default()]).ok();
+    }
+
+    /// `kubectl wait` for `what`, or a panic showing the pod and the server's log.
+    fn wait(&self, pod: &str, what: &str, timeout: &str) {
+        let out = self.k.run(&["wait", &format!("pod/{pod}"), what, &format!("--timeout={timeout}")]);
+        if !out.status.success() {
+            let yaml = self.k.run(&["get", "pod", pod, "-o", "yaml"]);
+            panic!("pod {pod}: {what} not met: {}\n{}\nserver log:\n{}", out.stderr, yaml.stdout, self.server.log());
+        }
+    }
+
+    fn jsonpath(&self, pod: &str, path: &str) -> String {
+        self.k.run(&["get", "pod", pod, "-o", &format!("jsonpath={path}")]).ok().stdout
+    }
+
+    /// Polls `kubectl get pod` until its row contains `needle`.
+    fn wait_row(&self, pod: &str, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            last = self.k.run(&["get", "pod", pod]).stdout;
+            if last.lines().nth(1).is_some_and(|row| row.contains(needle)) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("pod {pod} never showed {needle:?}; last:\n{last}\n{}", self.k.run(&["get", "pod", pod, "-o", "yaml"]).stdout);
+    }
+
+    /// Deletes every pod and checks the node left no cgroup, mount or pod namespace behind.
+    fn delete_all_and_check_clean(&self) {
+        self.k.run(&["delete", "pods", "--all", "--grace-period=1", "--timeout=60s"]).ok();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(leftover_cgroups(&self.cgroup_root.0), Vec::<String>::new(), "pod cgroups left behind");
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let data = self.server.data_dir().display().to_string();
+        assert!(!mounts.lines().any(|l| l.contains(&data)), "mounts left under {data}");
+        let pods = self.server.data_dir().join("agent").join("pods");
+        let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+        let netns = String::from_utf8_lossy(&netns.stdout);
+        for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            let uid = pod.file_name().to_string_lossy().into_owned();
+            assert!(!netns.contains(&format!("skiff-{uid}")), "pod namespace of {uid} left: {netns}");
+        }
+    }
+}
+
+impl Drop for NodeEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.k.run(&["delete", "pods", "--all", "--grace-period=1", "--timeout=30s"]);
+        }
+    }
+}
+
+#[test]
+fn init_containers_two_containers_logs_crash_loop_and_oom() {
+    let env = NodeEnv::start("pods", &[]);
+
+    // Init containers run first and in order; two containers share the pod's localhost.
+    env.create(
+        "duo",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: duo
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: work
+    emptyDir: {}
+  initContainers:
+  - name: first
+    image: busybox:1.36
+    command: ["sh", "-c", "echo first > /work/msg"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: second
+    image: busybox:1.36
+    command: ["sh", "-c", "test -f /work/msg && echo second ran after first >> /work/msg"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: web
+    image: busybox:1.36
+    command: ["sh", "-c", "cat /work/msg; exec httpd -f -p 8080 -h /www"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: client
+    image: busybox:1.36
+    command: ["sh", "-c", "until wget -qO- http://127.0.0.1:8080/; do sleep 0.2; done; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"]
+"#,
+    );
+    env.wait("duo", "--for=condition=Ready", "90s");
+    let out = env.k.run(&["get", "pod", "duo"]).ok();
+    assert!(out.stdout.lines().nth(1).is_some_and(|r| r.contains("2/2") && r.contains("Running")), "{}", out.stdout);
+    let out = env.k.run(&["logs", "duo", "-c", "web"]).ok();
+    assert_eq!(out.stdout, "first\nsecond ran after first\n");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = env.k.run(&["logs", "duo", "-c", "client"]).ok();
+    assert!(out.stdout.starts_with("hello from skiff\ntick 1\n"), "{}", out.stdout);
+    let out = env.k.run(&["logs", "duo", "-c", "client", "--tail=1"]).ok();
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    let last: u32 = out.stdout.trim().trim_start_matches("tick ").parse().expect("a tick line");
+    // -f keeps streaming: a later tick arrives on the open stream.
+    let (mut follow, lines) = env.k.spawn_lines(&["logs", "-f", "duo", "-c", "client", "--tail=1"]);
+    let later = format!("tick {}", last + 3);
+    expect_line(&lines, &[&later], Duration::from_secs(20));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let out = env.k.run(&["get", "pod", "duo", "-o", "jsonpath={.status.initContainerStatuses[*].state.terminated.reason}"]).ok();
+    assert_eq!(out.stdout, "Completed Completed");
+
+    // restartPolicy Always with a failing container: back-off shows as CrashLoopBackOff, and
+    // --previous shows the last run's output.
+    env.create(
+        "crash",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: crash
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "echo attempt; exit 1"]
+"#,
+    );
+    let out = env.wait_row("crash", "CrashLoopBackOff", Duration::from_secs(60));
+    let row = out.lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.contains("0/1"), "{out}");
+    let restarts: u32 = env.jsonpath("crash", "{.status.containerStatuses[0].restartCount}").parse().expect("restartCount");
+    assert!(restarts >= 1, "restartCount {restarts}");
+    assert_eq!(env.jsonpath("crash", "{.status.containerStatuses[0].lastState.terminated.exitCode}"), "1");
+    let out = env.k.run(&["logs", "crash", "--previous"]).ok();
+    assert_eq!(out.stdout, "attempt\n");
+
+    // 16Mi of memory and a 64 MiB buffer: the kernel's OOM killer ends it, and the status says so.
+    env.create(
+        "oom",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: oom
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1"]
+    resources:
+      limits: {memory: 16Mi}
+"#,
+    );
+    env.wait("oom", "--for=jsonpath={.status.phase}=Failed", "60s");
+    assert_eq!(env.jsonpath("oom", "{.status.containerStatuses[0].state.terminated.reason}"), "OOMKilled");
+    env.wait_row("oom", "OOMKilled", Duration::from_secs(10));
+
+    env.delete_all_and_check_clean();
+}
+
+#[test]
+fn probes_registry_pulls_and_agent_restart() {
+    let env = NodeEnv::start("probes", &["--plain-http-registry", "127.0.0.1:5000"]);
+    let registry = Registry::start(env.netns(), env.server.dir.path());
+    let layout = image_fixture::busybox_layout(&env.server.dir.path().join("pushed"), "docker.io/library/busybox:1.36");
+    registry.push_layout(&layout, "test/busybox", "1.0");
+
+    // An image pulled from the local registry.
+    env.create(
+        "pulled",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: pulled
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: 127.0.0.1:5000/test/busybox:1.0
+    command: ["sh", "-c", "echo started; exec sleep 1000"]
+    readinessProbe:
+      exec: {command: ["cat", "/tmp/ready"]}
+      periodSeconds: 1
+"#,
+    );
+    env.wait("pulled", "--for=jsonpath={.status.phase}=Running", "60s");
+    assert!(env.jsonpath("pulled", "{.status.containerStatuses[0].imageID}").contains("sha256:"));
+    // Readiness drives Ready, both ways.
+    assert_eq!(env.jsonpath("pulled", "{.status.conditions[?(@.type==\"Ready\")].status}"), "False");
+    env.k.run(&["exec", "pulled", "--", "touch", "/tmp/ready"]).ok();
+    env.wait("pulled", "--for=condition=Ready", "30s");
+    env.k.run(&["exec", "pulled", "--", "rm", "/tmp/ready"]).ok();
+    env.wait("pulled", "--for=condition=Ready=false", "30s");
+
+    // A missing image: ErrImagePull with the registry's words, then ImagePullBackOff.
+    env.create(
+        "missing",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: missing
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: 127.0.0.1:5000/test/nope:1
+"#,
+    );
+    env.wait("missing", "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImagePull", "60s");
+    let message = env.jsonpath("missing", "{.status.containerStatuses[0].state.waiting.message}");
+    assert!(message.contains("127.0.0.1:5000/test/nope:1") && message.to_lowercase().contains("manifest unknown"), "{message}");
+    env.wait_row("missing", "ImagePullBackOff", Duration::from_secs(60));
+
+    // Liveness failure restarts the container.
+    env.create(
+        "live",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: live
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 1000"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+    );
+    env.wait("live", "--for=jsonpath={.status.containerStatuses[0].restartCount}=1", "60s");
+
+    // The node process dies hard and comes back: running containers are re-adopted untouched.
+    env.create(
+        "steady",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: steady
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "echo started; exec sleep 1000"]
+"#,
+    );
+    env.wait("steady", "--for=condition=Ready", "60s");
+    let before = env.jsonpath("steady", "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt}");
+    let mut env = env;
+    env.server.kill9();
+    env.server.spawn();
+    let out = env.k.run(&["wait", "node/node-1", "--for=condition=Ready", "--timeout=60s"]).ok();
+    assert!(out.stdout.contains("condition met"), "{}", out.stdout);
+    env.wait("steady", "--for=condition=Ready", "30s");
+    let after = env.jsonpath("steady", "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt}");
+    assert_eq!(before, after, "the container was restarted by the node's restart");
+    assert_eq!(env.jsonpath("steady", "{.status.containerStatuses[0].restartCount}"), "0");
+    assert_eq!(env.k.run(&["logs", "steady"]).ok().stdout, "started\n");
+    assert_eq!(env.k.run(&["exec", "steady", "--", "echo", "still here"]).ok().stdout, "still here\n");
+
+    drop(registry);
+    env.delete_all_and_check_clean();
 }
