@@ -9,6 +9,7 @@
 //! command builds it first).
 
 pub mod image_fixture;
+pub mod node_env;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
