@@ -291,6 +291,36 @@ impl Kubectl {
         }
     }
 
+    /// Runs kubectl on a terminal of `columns`×`rows` (util-linux `script` provides it), as a
+    /// user typing `kubectl exec -it` would. Output is what the terminal showed.
+    pub fn run_on_terminal(&self, args: &[&str], columns: u16, rows: u16) -> Output {
+        let c = self.command(args);
+        let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let mut line = format!("stty cols {columns} rows {rows}; exec env");
+        for (k, v) in c.get_envs() {
+            if let Some(v) = v {
+                line.push_str(&format!(" {}={}", k.to_string_lossy(), quote(v)));
+            }
+        }
+        line.push(' ');
+        line.push_str(&quote(c.get_program()));
+        for a in c.get_args() {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// `kubectl apply -f -` style: writes `manifest` to a file and runs with `-f FILE`.
     pub fn with_file(&self, name: &str, manifest: &str) -> PathBuf {
         let p = self.home.join(name);

@@ -29,6 +29,16 @@ fn a_bound_pod_runs_logs_execs_and_is_cleaned_up() {
     assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
     let out = k.run(&["exec", "-i", "box", "--", "cat"]);
     assert!(out.status.success(), "{}", out.stderr);
+    // -t: a terminal opened inside the container, sized like the user's, and the exit code.
+    let out = k.run_on_terminal(&["exec", "-it", "box", "--", "sh", "-c", "sleep 0.5; tty; stty size; exit 4"], 100, 30);
+    assert_eq!(out.status.code(), Some(4), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("/dev/pts/0") && out.stdout.contains("30 100"), "{:?}", out.stdout);
+
+    // exec runs as the container's user, like the container itself.
+    env.create("user", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: user\nspec:\n  nodeName: node-1\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n");
+    env.wait("user", "--for=condition=Ready", "60s");
+    assert_eq!(k.run(&["exec", "user", "--", "id", "-u"]).ok().stdout.trim(), "1000");
+    assert_eq!(k.run(&["exec", "user", "--", "id", "-g"]).ok().stdout.trim(), "3000");
 
     // A failing container: restartPolicy Never, exit 3 → Failed with the exit code.
     env.create("fails", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fails\nspec:\n  nodeName: node-1\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", \"exit 3\"]\n");

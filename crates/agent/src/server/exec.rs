@@ -7,8 +7,10 @@
 //! v5 only 255 "close": `[255, 0]` half-closes stdin, the only way a v5 client can signal EOF
 //! without closing the connection. v4 clients end stdin by closing the connection.
 //!
-//! The process is started by the pod's shim with pipes, not a terminal: with `tty` its stderr
-//! is sent on the stdout channel (a terminal has one output) and resize messages are ignored.
+//! The process is started by the pod's shim with pipes or, with `tty`, on a terminal the
+//! container opens (so shells get job control and `tty` names it): then there is one output,
+//! sent on the stdout channel, and resize messages (`{"Width":80,"Height":24}`) set the
+//! terminal's window size.
 //! SPDY (the pre-1.30 protocol kubectl falls back to) is not served: the request is refused
 //! with a message saying so.
 
@@ -180,11 +182,12 @@ impl Session {
         let process = async {
             let mut shim = ShimClient::connect(&self.socket).await?;
             let process = shim
-                .exec(
+                .exec_with(
                     &self.container_id,
                     self.opts.command.clone(),
                     Vec::new(),
                     None,
+                    self.opts.tty,
                 )
                 .await?;
             // Waits hold their connection until the process exits: use a second one.
@@ -201,6 +204,7 @@ impl Session {
             }
         };
         let pid = process.pid;
+        let terminal = process.terminal;
         // The shim reaps the process whatever happens to this connection: the wait runs on.
         let exit = tokio::spawn(async move { waiter.wait_exec(pid).await });
 
@@ -243,8 +247,11 @@ impl Session {
                             }
                         }
                         (Some(CLOSE), Some([STDIN])) if v5 => stdin = None,
-                        // A pipe has no window size to set.
-                        (Some(RESIZE), _) => {}
+                        (Some(RESIZE), Some(size)) => {
+                            if let (Some(t), Some((columns, rows))) = (terminal.as_ref(), window_size(size)) {
+                                let _ = t.resize(columns, rows);
+                            }
+                        }
                         _ => {}
                     },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -281,7 +288,7 @@ fn normal_close() -> Message {
 /// Copies one output pipe to its channel (or drains it, so the process never blocks on a
 /// stream nobody asked for).
 async fn pump(
-    mut pipe: tokio::net::unix::pipe::Receiver,
+    mut pipe: runtime::container::client::ExecOutput,
     channel: Option<u8>,
     tx: mpsc::Sender<Message>,
 ) {
@@ -299,6 +306,14 @@ async fn pump(
             }
         }
     }
+}
+
+/// A resize message's `{"Width":…,"Height":…}` (`remotecommand.TerminalSize`).
+fn window_size(json: &[u8]) -> Option<(u16, u16)> {
+    let v: Value = serde_json::from_slice(json).ok()?;
+    let width = u16::try_from(v.get("Width")?.as_u64()?).ok()?;
+    let height = u16::try_from(v.get("Height")?.as_u64()?).ok()?;
+    Some((width, height))
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -359,6 +374,13 @@ mod tests {
                 .expect("tty")
                 .tty
         );
+    }
+
+    #[test]
+    fn resize_messages_parse() {
+        assert_eq!(window_size(br#"{"Width":120,"Height":40}"#), Some((120, 40)));
+        assert_eq!(window_size(br#"{"Width":-1,"Height":40}"#), None);
+        assert_eq!(window_size(b"junk"), None);
     }
 
     #[test]

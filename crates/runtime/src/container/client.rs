@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use oci_spec::runtime::Spec;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, Interest};
+use std::pin::Pin;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
@@ -49,13 +51,125 @@ pub enum ClientError {
     Unexpected(Box<Reply>),
 }
 
+/// The input of an exec'd process: a pipe, or its terminal.
+pub type ExecInput = Pin<Box<dyn AsyncWrite + Send>>;
+/// An output of an exec'd process: a pipe, or its terminal.
+pub type ExecOutput = Pin<Box<dyn AsyncRead + Send>>;
+
 /// A process exec'd in a container: its pid (for [`ShimClient::wait_exec`]) and its stdio.
-#[derive(Debug)]
+/// On a terminal, stdin and stdout are the pty master, stderr ends at once, and `terminal`
+/// sets the window size.
 pub struct ExecProcess {
     pub pid: i32,
-    pub stdin: pipe::Sender,
-    pub stdout: pipe::Receiver,
-    pub stderr: pipe::Receiver,
+    pub stdin: ExecInput,
+    pub stdout: ExecOutput,
+    pub stderr: ExecOutput,
+    pub terminal: Option<Terminal>,
+}
+
+impl std::fmt::Debug for ExecProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecProcess")
+            .field("pid", &self.pid)
+            .field("terminal", &self.terminal.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pty master of an exec on a terminal.
+#[derive(Debug)]
+pub struct Terminal(OwnedFd);
+
+impl Terminal {
+    /// Sets the terminal's window size (what `kubectl exec -t` sends on the resize channel);
+    /// the process gets SIGWINCH.
+    pub fn resize(&self, columns: u16, rows: u16) -> std::io::Result<()> {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: columns,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which outlives the call.
+        unsafe { set_window_size(self.0.as_raw_fd(), &size) }
+            .map(drop)
+            .map_err(std::io::Error::from)
+    }
+}
+
+nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, nix::pty::Winsize);
+
+/// Async reads and writes on a pty master. Once the last process holding the terminal's other
+/// side has exited, Linux answers reads with EIO: that is the end of the output.
+struct PtyStream(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl PtyStream {
+    fn new(fd: OwnedFd) -> std::io::Result<PtyStream> {
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        // SAFETY: an OwnedFd's descriptor stays open and the same until the AsyncFd drops it.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(fd) }?;
+        Ok(PtyStream(registered))
+    }
+}
+
+impl AsyncRead for PtyStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PtyStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| {
+                nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)
+            }) {
+                Ok(result) => return std::task::Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 #[derive(Debug)]
@@ -236,6 +350,18 @@ impl ShimClient {
         env: Vec<String>,
         cwd: Option<String>,
     ) -> Result<ExecProcess, ClientError> {
+        self.exec_with(id, args, env, cwd, false).await
+    }
+
+    /// Runs `args` inside running container `id`, on a new terminal when `tty`.
+    pub async fn exec_with(
+        &mut self,
+        id: &str,
+        args: Vec<String>,
+        env: Vec<String>,
+        cwd: Option<String>,
+        tty: bool,
+    ) -> Result<ExecProcess, ClientError> {
         self.fds.clear();
         let reply = self
             .call(&Request::Exec {
@@ -243,6 +369,7 @@ impl ShimClient {
                 args,
                 env,
                 cwd,
+                tty,
             })
             .await?;
         let Reply::ExecStarted { pid } = reply else {
@@ -254,11 +381,24 @@ impl ShimClient {
                 "exec {pid}: the stdio descriptors did not arrive"
             )));
         };
+        let stderr: ExecOutput =
+            Box::pin(pipe::Receiver::from_owned_fd(stderr).map_err(ClientError::Io)?);
+        if tty {
+            let resize = stdin.try_clone().map_err(ClientError::Io)?;
+            return Ok(ExecProcess {
+                pid,
+                stdin: Box::pin(PtyStream::new(stdin).map_err(ClientError::Io)?),
+                stdout: Box::pin(PtyStream::new(stdout).map_err(ClientError::Io)?),
+                stderr,
+                terminal: Some(Terminal(resize)),
+            });
+        }
         Ok(ExecProcess {
             pid,
-            stdin: pipe::Sender::from_owned_fd(stdin).map_err(ClientError::Io)?,
-            stdout: pipe::Receiver::from_owned_fd(stdout).map_err(ClientError::Io)?,
-            stderr: pipe::Receiver::from_owned_fd(stderr).map_err(ClientError::Io)?,
+            stdin: Box::pin(pipe::Sender::from_owned_fd(stdin).map_err(ClientError::Io)?),
+            stdout: Box::pin(pipe::Receiver::from_owned_fd(stdout).map_err(ClientError::Io)?),
+            stderr,
+            terminal: None,
         })
     }
 
@@ -277,7 +417,7 @@ impl ShimClient {
 }
 
 /// One non-blocking recvmsg: bytes read and descriptors received (close-on-exec).
-fn receive(fd: RawFd, chunk: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+pub(crate) fn receive(fd: RawFd, chunk: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
     let mut space = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [IoSliceMut::new(chunk)];
     let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)

@@ -49,6 +49,9 @@ pub enum Request {
         args: Vec<String>,
         env: Vec<String>,
         cwd: Option<String>,
+        /// Run on a terminal: the reply carries the pty master instead of pipes.
+        #[serde(default)]
+        tty: bool,
     },
     /// Replies with the exit code of an exec'd process once it has exited.
     WaitExec {

@@ -21,11 +21,11 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
@@ -40,6 +40,22 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 use super::cgroup::CgroupLayout;
 use super::cri_log::{CriLogWriter, Stream};
 use super::protocol::{ContainerState, ContainerStatus, Reply, Request, STATE_FILE, ShimState};
+
+/// Distinguishes the temporary files of concurrent execs.
+static EXEC_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Receives one descriptor sent with SCM_RIGHTS on `conn` (libcontainer's console socket
+/// protocol: the pty master, with its name as payload), waiting at most a few seconds.
+fn receive_fd(conn: &UnixStream) -> Result<OwnedFd, String> {
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| format!("exec: console socket timeout: {e}"))?;
+    let mut buf = [0u8; 4096];
+    let (_, fds) = super::client::receive(conn.as_raw_fd(), &mut buf)
+        .map_err(|e| format!("exec: receiving the terminal: {e}"))?;
+    fds.into_iter()
+        .next()
+        .ok_or_else(|| "exec: the terminal did not arrive on the console socket".to_string())
+}
 
 /// Why the shim could not start or stopped. Not retryable without fixing the cause.
 #[derive(Debug, thiserror::Error)]
@@ -520,8 +536,14 @@ impl Shim {
             },
             Request::Kill { id, signal } => self.kill(&id, signal),
             Request::Delete { id } => self.delete(&id),
-            Request::Exec { id, args, env, cwd } => {
-                return self.exec(c, &id, args, env, cwd);
+            Request::Exec {
+                id,
+                args,
+                env,
+                cwd,
+                tty,
+            } => {
+                return self.exec(c, &id, args, env, cwd, tty);
             }
             Request::WaitExec { pid } => match self.execs.get(&pid) {
                 None => Err(format!("no exec'd process with pid {pid}")),
@@ -705,6 +727,7 @@ impl Shim {
         args: Vec<String>,
         env: Vec<String>,
         cwd: Option<String>,
+        tty: bool,
     ) -> Option<Reply> {
         match self.status(id) {
             Ok(s) if s.state == ContainerState::Running => {}
@@ -720,54 +743,32 @@ impl Shim {
                 message: "exec: no command given".into(),
             });
         }
-        let pipes = (0..3)
-            .map(|_| pipe2(OFlag::O_CLOEXEC))
-            .collect::<Result<Vec<_>, _>>();
-        let Ok(mut pipes) = pipes else {
-            return Some(Reply::Error {
-                message: "exec: creating pipes failed".into(),
-            });
+        // The exec'd process is the container's own process definition (user, groups,
+        // capabilities, no_new_privs, rlimits, apparmor) with the command, env and cwd
+        // replaced, as `runc exec` does; libcontainer's defaults would run it as root.
+        let process_file = match self.exec_process_file(id, args, env, cwd, tty) {
+            Ok(p) => p,
+            Err(message) => return Some(Reply::Error { message }),
         };
-        let (err_r, err_w) = pipes.remove(2);
-        let (out_r, out_w) = pipes.remove(1);
-        let (in_r, in_w) = pipes.remove(0);
-        let env: HashMap<String, String> = env
-            .iter()
-            .filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&self.args.state_root)
-            .map(|b| {
-                b.with_stdin(in_r)
-                    .with_stdout(out_w)
-                    .with_stderr(err_w)
-                    .as_tenant()
-                    .with_container_args(args)
-                    .with_env(env)
-                    .with_cwd(cwd.map(PathBuf::from))
-                    .with_detach(true)
-                    .build()
-            });
-        let pid = match built {
-            Ok(Ok(pid)) => pid.as_raw(),
-            Ok(Err(e)) | Err(e) => {
-                return Some(Reply::Error {
-                    message: format!("exec in container {id:?}: {e}"),
-                });
-            }
+        let started = if tty {
+            self.exec_on_terminal(id, &process_file)
+        } else {
+            self.exec_with_pipes(id, &process_file)
+        };
+        let _ = std::fs::remove_file(&process_file);
+        let (pid, fds) = match started {
+            Ok(started) => started,
+            Err(message) => return Some(Reply::Error { message }),
         };
         self.execs.insert(pid, None);
         // The reply must carry the descriptors, so it is sent here, ahead of anything queued
         // (nothing is: a connection handles one request at a time).
         let mut line = serde_json::to_vec(&Reply::ExecStarted { pid }).unwrap_or_default();
         line.push(b'\n');
-        let fds: [RawFd; 3] = [in_w.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd()];
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let conn = &mut self.connections[c];
         let iov = [io::IoSlice::new(&line)];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
         let sent = loop {
             match sendmsg::<()>(
                 conn.stream.as_raw_fd(),
@@ -780,7 +781,7 @@ impl Shim {
                 other => break other,
             }
         };
-        drop((in_w, out_r, err_r));
+        drop(fds);
         match sent {
             Ok(n) => conn.outbuf.extend_from_slice(&line[n..]),
             Err(e) => {
@@ -790,6 +791,115 @@ impl Shim {
         }
         // Already written (or the connection is gone): nothing more to queue.
         None
+    }
+
+    /// Writes the process definition of an exec into the container's bundle directory.
+    fn exec_process_file(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        env: Vec<String>,
+        cwd: Option<String>,
+        tty: bool,
+    ) -> Result<PathBuf, String> {
+        let bundle = self.args.pod_dir.join("bundles").join(id);
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| format!("exec in container {id:?}: reading its spec: {e}"))?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        // Extra variables override the container's own by name (runc's rule).
+        let mut merged: Vec<String> = process.env().clone().unwrap_or_default();
+        for kv in env {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_string();
+            merged.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+            merged.push(kv);
+        }
+        process
+            .set_args(Some(args))
+            .set_env(Some(merged))
+            .set_terminal(Some(tty))
+            .set_console_size(None);
+        if let Some(cwd) = cwd {
+            process.set_cwd(PathBuf::from(cwd));
+        }
+        let n = EXEC_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = bundle.join(format!("exec-{}-{n}.json", std::process::id()));
+        let json = serde_json::to_vec(&process)
+            .map_err(|e| format!("exec in container {id:?}: encoding its process: {e}"))?;
+        std::fs::write(&path, json).map_err(|e| format!("writing {path:?}: {e}"))?;
+        Ok(path)
+    }
+
+    /// Starts an exec with three pipes; returns its pid and the ends for the client
+    /// (stdin's writer, stdout's and stderr's readers).
+    fn exec_with_pipes(
+        &mut self,
+        id: &str,
+        process_file: &Path,
+    ) -> Result<(i32, Vec<OwnedFd>), String> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("exec: creating a pipe: {e}"));
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.args.state_root)
+            .and_then(|b| {
+                b.with_stdin(in_r)
+                    .with_stdout(out_w)
+                    .with_stderr(err_w)
+                    .as_tenant()
+                    .with_process(Some(process_file))
+                    .with_detach(true)
+                    .build()
+            })
+            .map_err(|e| format!("exec in container {id:?}: {e}"))?;
+        Ok((pid.as_raw(), vec![in_w, out_r, err_r]))
+    }
+
+    /// Starts an exec on a new terminal: libcontainer opens the pty inside the container (so
+    /// the process has a controlling terminal from the container's own devpts) and hands the
+    /// master over a console socket. The client gets the master twice (input and output) and
+    /// an already-ended stderr, since a terminal has one output.
+    fn exec_on_terminal(
+        &mut self,
+        id: &str,
+        process_file: &Path,
+    ) -> Result<(i32, Vec<OwnedFd>), String> {
+        let n = EXEC_SEQ.fetch_add(1, Ordering::Relaxed);
+        let socket_path = self
+            .args
+            .pod_dir
+            .join(format!("console-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket_path);
+        let listener = UnixListener::bind(&socket_path)
+            .map_err(|e| format!("exec: binding the console socket {socket_path:?}: {e}"))?;
+        let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.args.state_root)
+            .and_then(|b| {
+                b.with_console_socket(Some(&socket_path))
+                    .as_tenant()
+                    .with_process(Some(process_file))
+                    .with_detach(true)
+                    .build()
+            });
+        let received = built
+            .map_err(|e| format!("exec in container {id:?}: {e}"))
+            .and_then(|pid| {
+                // libcontainer connected during build; the pty master is on that connection.
+                let (conn, _) = listener
+                    .accept()
+                    .map_err(|e| format!("exec: accepting the console socket: {e}"))?;
+                let master = receive_fd(&conn)?;
+                Ok((pid, master))
+            });
+        let _ = std::fs::remove_file(&socket_path);
+        let (pid, master) = received?;
+        let output = master
+            .try_clone()
+            .map_err(|e| format!("exec: duplicating the terminal: {e}"))?;
+        let (err_r, err_w) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("exec: creating a pipe: {e}"))?;
+        drop(err_w);
+        Ok((pid.as_raw(), vec![master, output, err_r]))
     }
 
     fn drain_output(&mut self, id: &str, only: Option<usize>) {
