@@ -99,7 +99,7 @@ pub struct NodeEnv {
     pub k: Kubectl,
     pub server: Server,
     pub cgroup_root: CgroupRoot,
-    _logs: tempfile::TempDir,
+    pub logs: tempfile::TempDir,
 }
 
 impl NodeEnv {
@@ -118,7 +118,7 @@ impl NodeEnv {
         let server = Server::start_in(Some(netns), &args);
         cgroup_root.watch_data_dir(server.data_dir());
         let k = server.kubectl("1.33");
-        let env = NodeEnv { k, server, cgroup_root, _logs: logs };
+        let env = NodeEnv { k, server, cgroup_root, logs };
         env.import_image("docker.io/library/busybox:1.36");
         let out = env.k.run(&["wait", "node/node-1", "--for=condition=Ready", "--timeout=60s"]);
         assert!(out.stdout.contains("condition met"), "{}{}\n{}", out.stdout, out.stderr, env.server.log());

@@ -110,6 +110,35 @@ spec:
     let out = env.k.run(&["get", "pod", "duo", "-o", "jsonpath={.status.initContainerStatuses[*].state.terminated.reason}"]).ok();
     assert_eq!(out.stdout, "Completed Completed");
 
+    // A chatty container: its log rotates at 10 MiB, and a follower carries on in the new file.
+    env.create(
+        "chatty",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: chatty
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "sleep 2; i=0; while [ $i -lt 250000 ]; do echo line $i of the chatty container; i=$((i+1)); done; exec sleep 1000"]
+"#,
+    );
+    env.wait("chatty", "--for=condition=Ready", "60s");
+    let (mut follow, lines) = env.k.spawn_lines(&["logs", "-f", "chatty"]);
+    expect_line(&lines, &["line 249999 of the chatty container"], Duration::from_secs(120));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let out = env.k.run(&["logs", "chatty", "--tail=1"]).ok();
+    assert_eq!(out.stdout, "line 249999 of the chatty container\n");
+    let uid = env.jsonpath("chatty", "{.metadata.uid}");
+    let dir = env.logs.path().join(format!("default_chatty_{uid}")).join("main");
+    let files: Vec<String> = std::fs::read_dir(&dir).expect("log dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(files.len() >= 2 && files.iter().any(|f| f.starts_with("0.log.")), "{files:?}");
+    assert!(std::fs::metadata(dir.join("0.log")).expect("live log").len() <= 10 * 1024 * 1024);
+
     // restartPolicy Always with a failing container: back-off shows as CrashLoopBackOff, and
     // --previous shows the last run's output.
     env.create(

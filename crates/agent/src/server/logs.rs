@@ -460,6 +460,20 @@ impl LogStream {
             if !self.follow || finishing {
                 break;
             }
+            // The shim rotated the log (a new file at our path): what is left in the old one
+            // was read above, so carry on at the start of the new one.
+            if line.is_empty() && self.rotated().await {
+                match tokio::fs::File::open(&self.path).await {
+                    Ok(file) => {
+                        self.file = BufReader::new(file);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = ?self.path, error = %e, "reopening a rotated container log failed");
+                        break;
+                    }
+                }
+            }
             if last_check.elapsed() >= FINISHED_CHECK {
                 last_check = tokio::time::Instant::now();
                 if self.finished(&paths).await {
@@ -480,6 +494,18 @@ impl LogStream {
             self.formatter.push(&line, &mut out);
         }
         send(&tx, &mut out).await;
+    }
+
+    /// Whether the file at our path is no longer the one we read (rotation renamed ours).
+    async fn rotated(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ours) = self.file.get_ref().metadata().await else {
+            return false;
+        };
+        match tokio::fs::metadata(&self.path).await {
+            Ok(now) => now.ino() != ours.ino() || now.dev() != ours.dev(),
+            Err(_) => false,
+        }
     }
 
     /// Whether this run of the container will write no more: a newer run started, the pod is

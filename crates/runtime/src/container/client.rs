@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, Interest}
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
-use super::protocol::{ContainerStatus, Reply, Request};
+use super::protocol::{ContainerStatus, LogRotation, Reply, Request};
 use super::shim::ShimArgs;
 
 /// A failed shim request. `Connect` and `Io` are retryable (the shim may be restarting);
@@ -304,10 +304,22 @@ impl ShimClient {
         spec: &Spec,
         log_path: &Path,
     ) -> Result<ContainerStatus, ClientError> {
+        self.start_with(id, spec, log_path, LogRotation::default()).await
+    }
+
+    /// [`ShimClient::start`] with the log rotated per `rotation`.
+    pub async fn start_with(
+        &mut self,
+        id: &str,
+        spec: &Spec,
+        log_path: &Path,
+        rotation: LogRotation,
+    ) -> Result<ContainerStatus, ClientError> {
         let request = Request::Start {
             id: id.to_string(),
             spec: Box::new(spec.clone()),
             log_path: log_path.to_path_buf(),
+            log_rotation: Some(rotation),
         };
         Self::status_reply(self.call(&request).await?)
     }

@@ -2,9 +2,102 @@
 //! `<RFC3339Nano timestamp> <stdout|stderr> <F|P> <content>\n`, `P` marking a partial line that
 //! was split (too long, or cut by a restart) and `F` a full one. A last line without a newline
 //! at end of stream is written as full, as containerd does.
+//!
+//! [`LogFile`] rotates like the kubelet's `containerLogMaxSize` / `containerLogMaxFiles`
+//! (10 MiB, 5 files): once the file reaches the size, it is renamed `<n>.log.<UTC
+//! %Y%m%d-%H%M%S>` and a fresh `<n>.log` started, at a line boundary; the oldest rotated files
+//! beyond the limit are removed. Readers that follow the log notice the new file (its inode
+//! changed) and carry on there.
 
-use std::fs::File;
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// The kubelet's default `containerLogMaxSize`.
+pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+/// The kubelet's default `containerLogMaxFiles` (the live file included).
+pub const DEFAULT_MAX_FILES: usize = 5;
+
+/// One container run's log file, shared by its stdout and stderr writers, rotated by size.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    max_files: usize,
+}
+
+impl LogFile {
+    /// Opens (appending) the log at `path`; `max_size` 0 disables rotation.
+    pub fn open(path: &Path, max_size: u64, max_files: usize) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            max_files: max_files.max(1),
+        })
+    }
+
+    /// Shared handle for the two writers of one run.
+    pub fn shared(self) -> Rc<RefCell<LogFile>> {
+        Rc::new(RefCell::new(self))
+    }
+
+    /// Appends whole lines, rotating first when the file is full.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if self.max_size > 0 && self.size > 0 && self.size + lines.len() as u64 > self.max_size {
+            if let Err(e) = self.rotate() {
+                // Keep logging into the full file rather than lose output.
+                eprintln!("skiff shim: rotating {:?}: {e}", self.path);
+            }
+        }
+        self.file.write_all(lines)?;
+        self.size += lines.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+        let mut rotated = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        let mut n = 1;
+        while rotated.exists() {
+            // Zero-padded so that names still sort by age.
+            rotated = PathBuf::from(format!("{}.{stamp}.{n:04}", self.path.display()));
+            n += 1;
+        }
+        std::fs::rename(&self.path, &rotated)?;
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        self.prune()
+    }
+
+    /// Removes the oldest rotated files so that at most `max_files` remain with the live one.
+    fn prune(&self) -> std::io::Result<()> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Ok(());
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        // The timestamp suffix sorts chronologically.
+        rotated.sort();
+        let keep = self.max_files - 1;
+        let excess = rotated.len().saturating_sub(keep);
+        for old in &rotated[..excess] {
+            std::fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+}
 
 /// Lines longer than this are split into `P` chunks (containerd's default `max_container_log_line_size`).
 const MAX_LINE: usize = 16 * 1024;
@@ -28,12 +121,12 @@ impl Stream {
 #[derive(Debug)]
 pub struct CriLogWriter {
     stream: Stream,
-    file: File,
+    file: Rc<RefCell<LogFile>>,
     pending: Vec<u8>,
 }
 
 impl CriLogWriter {
-    pub fn new(stream: Stream, file: File) -> CriLogWriter {
+    pub fn new(stream: Stream, file: Rc<RefCell<LogFile>>) -> CriLogWriter {
         CriLogWriter {
             stream,
             file,
@@ -59,7 +152,7 @@ impl CriLogWriter {
         if out.is_empty() {
             Ok(())
         } else {
-            self.file.write_all(&out)
+            self.file.borrow_mut().append(&out)
         }
     }
 
@@ -71,7 +164,7 @@ impl CriLogWriter {
         let chunk: Vec<u8> = self.pending.drain(..).collect();
         let mut out = Vec::new();
         self.format_chunks(&chunk, true, &mut out);
-        self.file.write_all(&out)
+        self.file.borrow_mut().append(&out)
     }
 
     fn format_chunks(&self, line: &[u8], complete: bool, out: &mut Vec<u8>) {
@@ -101,7 +194,7 @@ mod tests {
     fn lines_of(f: impl FnOnce(&mut CriLogWriter)) -> Vec<String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
-        let file = File::create(&path).expect("create");
+        let file = LogFile::open(&path, 0, 1).expect("create").shared();
         let mut w = CriLogWriter::new(Stream::Stderr, file);
         f(&mut w);
         std::fs::read_to_string(&path)
@@ -139,7 +232,8 @@ mod tests {
     fn timestamps_are_rfc3339() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
-        let mut w = CriLogWriter::new(Stream::Stdout, File::create(&path).expect("create"));
+        let file = LogFile::open(&path, 0, 1).expect("create").shared();
+        let mut w = CriLogWriter::new(Stream::Stdout, file);
         w.write(b"a\n").expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         let stamp = text.split(' ').next().unwrap_or_default();
@@ -147,5 +241,36 @@ mod tests {
             stamp.ends_with('Z') && stamp.parse::<jiff::Timestamp>().is_ok(),
             "{stamp}"
         );
+    }
+
+    #[test]
+    fn rotates_at_line_boundaries_and_keeps_max_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        // Each formatted line is about 60 bytes: 200-byte files hold three of them.
+        let file = LogFile::open(&path, 200, 3).expect("open").shared();
+        let mut out = CriLogWriter::new(Stream::Stdout, file.clone());
+        let mut err = CriLogWriter::new(Stream::Stderr, file);
+        for i in 0..40 {
+            let w = if i % 2 == 0 { &mut out } else { &mut err };
+            w.write(format!("line {i:03}\n").as_bytes()).expect("write");
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names[0], "0.log");
+        assert!(names[1..].iter().all(|n| n.starts_with("0.log.")), "{names:?}");
+        let live = std::fs::read_to_string(&path).expect("live");
+        assert!(live.len() <= 200, "{}", live.len());
+        assert!(live.ends_with("stderr F line 039\n"), "{live}");
+        // Every file holds whole lines only.
+        for n in &names {
+            let text = std::fs::read_to_string(dir.path().join(n)).expect("read");
+            assert!(text.lines().all(|l| l.contains(" F line ")), "{text}");
+        }
     }
 }

@@ -22,7 +22,7 @@ pub mod shim;
 pub mod spec;
 
 pub use client::{ClientError, ExecProcess, ShimClient};
-pub use protocol::{ContainerState, ContainerStatus, ShimState, read_state_file};
+pub use protocol::{ContainerState, ContainerStatus, LogRotation, ShimState, read_state_file};
 pub use shim::{ShimArgs, shim_main};
 pub use spec::{
     CapabilityChanges, ContainerConfig, DEFAULT_CAPABILITIES, Mount, MountSource, Namespace,

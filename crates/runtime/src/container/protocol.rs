@@ -24,6 +24,10 @@ pub enum Request {
         id: String,
         spec: Box<Spec>,
         log_path: PathBuf,
+        /// Rotation of the log (the kubelet's containerLogMaxSize / MaxFiles); absent means
+        /// the kubelet's defaults, 10 MiB and 5 files.
+        #[serde(default)]
+        log_rotation: Option<LogRotation>,
     },
     Status {
         id: String,
@@ -59,6 +63,23 @@ pub enum Request {
     },
     /// SIGKILLs and deletes every container, then the shim exits.
     Shutdown,
+}
+
+/// When a container's log file is rotated, and how many files are kept (live one included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRotation {
+    /// Bytes; 0 never rotates.
+    pub max_size: u64,
+    pub max_files: usize,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation {
+            max_size: super::cri_log::DEFAULT_MAX_SIZE,
+            max_files: super::cri_log::DEFAULT_MAX_FILES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

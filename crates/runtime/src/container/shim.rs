@@ -38,8 +38,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 
 use super::cgroup::CgroupLayout;
-use super::cri_log::{CriLogWriter, Stream};
-use super::protocol::{ContainerState, ContainerStatus, Reply, Request, STATE_FILE, ShimState};
+use super::cri_log::{CriLogWriter, LogFile, Stream};
+use super::protocol::{
+    ContainerState, ContainerStatus, LogRotation, Reply, Request, STATE_FILE, ShimState,
+};
 
 /// Distinguishes the temporary files of concurrent execs.
 static EXEC_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -522,7 +524,12 @@ impl Shim {
     /// `None` means no reply is to be queued: it comes later (a wait) or was sent (exec).
     fn handle(&mut self, c: usize, request: Request) -> Option<Reply> {
         let result = match request {
-            Request::Start { id, spec, log_path } => self.start_container(&id, &spec, &log_path),
+            Request::Start {
+                id,
+                spec,
+                log_path,
+                log_rotation,
+            } => self.start_container(&id, &spec, &log_path, log_rotation.unwrap_or_default()),
             Request::Status { id } => self.status(&id).map(|status| Reply::Container { status }),
             Request::List => Ok(Reply::Containers {
                 containers: self.containers.values().map(|e| e.status.clone()).collect(),
@@ -577,6 +584,7 @@ impl Shim {
         id: &str,
         spec: &oci_spec::runtime::Spec,
         log_path: &Path,
+        rotation: LogRotation,
     ) -> Result<Reply, String> {
         match self.containers.get(id).map(|e| e.status.state) {
             Some(ContainerState::Running) => {
@@ -596,14 +604,10 @@ impl Shim {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("creating log directory {parent:?}: {e}"))?;
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .map_err(|e| format!("opening log file {log_path:?}: {e}"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("duplicating the log file: {e}"))?;
+        let log = LogFile::open(log_path, rotation.max_size, rotation.max_files)
+            .map_err(|e| format!("opening log file {log_path:?}: {e}"))?
+            .shared();
+        let log2 = log.clone();
         let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("creating an output pipe: {e}"));
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
