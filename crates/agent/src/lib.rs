@@ -7,6 +7,8 @@
 //! * `pods`: one worker per pod bound to this node — images, sandbox, containers through the
 //!   per-pod shim, restart policy and backoff, graceful deletion, status.
 //! * `network`: the pod sandbox's network (CNI through `net`, or the host's).
+//! * `volume_sources`: configMap, secret, downwardAPI and projected volumes, written
+//!   atomically like the kubelet's AtomicWriter.
 //! * `server`: the kubelet HTTP server (logs, exec) the API server proxies `pods/log` and
 //!   `pods/exec` to.
 
@@ -15,3 +17,4 @@ pub mod node;
 pub mod paths;
 pub mod pods;
 pub mod server;
+pub mod volume_sources;
