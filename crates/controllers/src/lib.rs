@@ -11,12 +11,15 @@
 //! * `node_lifecycle`: marks nodes with stale Leases unreachable, taints them, evicts pods.
 //! * `pod_gc`: removes pods of vanished nodes and terminated pods beyond a threshold.
 //! * `serviceaccount`: a `default` ServiceAccount in every namespace.
+//! * `endpoints`, `endpointslice`: the backends of each Service from its pods' readiness.
 //! * `events`: the Event recorder all of them (and the scheduler) share.
 //!
 //! Each controller follows kube-runtime's shape: watches feed a cache, events only enqueue keys,
 //! and one idempotent `reconcile` works from current state (NotFound means deleted).
 
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod garbage_collector;
 pub mod leader;
