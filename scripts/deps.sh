@@ -16,6 +16,8 @@ have docker-registry || need+=(docker-registry)   # a local registry for pull te
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)  # pod networking (CNI)
 have ip || need+=(iproute2)
 have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)  # the bridge (ipMasq) and portmap CNI plugins run it
+have nft || [ -x /usr/sbin/nft ] || need+=(nftables)  # the service dataplane
+have script || need+=(bsdutils)                   # a terminal for `kubectl exec -it` tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
