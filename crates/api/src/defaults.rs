@@ -83,6 +83,8 @@ pub fn prepare_for_create(group: &str, _version: &str, kind: &str, obj: &mut Val
     match (group, kind) {
         ("batch", "Job") => batch::generate_job_selector(root, uid),
         ("", "Namespace") => core::add_namespace_finalizer(root),
+        // Upstream's DefaultTolerationSeconds admission: 300 s for not-ready / unreachable.
+        ("", "Pod") => pod::default_toleration_seconds(root),
         _ => {}
     }
 }

@@ -32,6 +32,8 @@ pub mod serviceaccount;
 
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 /// Settings shared by the controllers.
@@ -47,6 +49,11 @@ pub struct ControllersConfig {
     pub cluster_cidr: node_ipam::Ipv4Cidr,
     /// The prefix length of each node's range (upstream default /24).
     pub node_cidr_mask: u8,
+    /// Node health timings (kube-controller-manager `--node-monitor-period`,
+    /// `--node-monitor-grace-period`, …).
+    pub node_lifecycle: node_lifecycle::NodeLifecycleConfig,
+    /// Pod garbage collection (`--terminated-pod-gc-threshold`, …).
+    pub pod_gc: pod_gc::PodGcConfig,
 }
 
 impl Default for ControllersConfig {
@@ -56,8 +63,13 @@ impl Default for ControllersConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
-            cluster_cidr: node_ipam::Ipv4Cidr { addr: std::net::Ipv4Addr::new(10, 42, 0, 0), prefix: 16 },
+            cluster_cidr: node_ipam::Ipv4Cidr {
+                addr: std::net::Ipv4Addr::new(10, 42, 0, 0),
+                prefix: 16,
+            },
             node_cidr_mask: 24,
+            node_lifecycle: node_lifecycle::NodeLifecycleConfig::default(),
+            pod_gc: pod_gc::PodGcConfig::default(),
         }
     }
 }
@@ -90,39 +102,73 @@ pub const LEADER_LEASE: &str = "skiff-controller-manager";
 /// all, and winning it again starts them afresh (each relists on start).
 pub async fn run_all(ctx: Context) {
     let work_ctx = ctx.clone();
-    let result = leader::run_with_leadership(ctx, LEADER_LEASE, move |leading: CancellationToken| {
-        let ctx = work_ctx.clone();
-        async move {
-            tracing::info!(identity = %ctx.config.identity, "leading: starting controllers");
-            let gc = supervise("garbage-collector", leading.clone(), {
-                let ctx = ctx.clone();
-                move |cancel| {
-                    let ctx = ctx.clone();
-                    async move { garbage_collector::run(ctx, cancel).await.map_err(|e| e.to_string()) }
-                }
-            });
-            let ns = supervise("namespace", leading.clone(), {
-                let ctx = ctx.clone();
-                move |cancel| {
-                    let ctx = ctx.clone();
-                    async move { namespace::run(ctx, cancel).await.map_err(|e| e.to_string()) }
-                }
-            });
-            let ipam = supervise("node-ipam", leading.clone(), {
-                let ctx = ctx.clone();
-                move |cancel| {
-                    let ctx = ctx.clone();
-                    async move { node_ipam::run(ctx, cancel).await.map_err(|e| e.to_string()) }
-                }
-            });
-            futures::join!(gc, ns, ipam);
-            tracing::info!("controllers stopped");
-        }
-    })
-    .await;
+    let result =
+        leader::run_with_leadership(ctx, LEADER_LEASE, move |leading: CancellationToken| {
+            let ctx = work_ctx.clone();
+            async move {
+                tracing::info!(identity = %ctx.config.identity, "leading: starting controllers");
+                let run = |name: &'static str, start: Starter| {
+                    supervise_with(name, leading.clone(), ctx.clone(), start)
+                };
+                futures::future::join_all([
+                    run("garbage-collector", |ctx, cancel| {
+                        async move {
+                            garbage_collector::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
+                    run("namespace", |ctx, cancel| {
+                        async move { namespace::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                            .boxed()
+                    }),
+                    run("node-ipam", |ctx, cancel| {
+                        async move { node_ipam::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                            .boxed()
+                    }),
+                    run("node-lifecycle", |ctx, cancel| {
+                        async move {
+                            node_lifecycle::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
+                    run("pod-garbage-collector", |ctx, cancel| {
+                        async move { pod_gc::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                            .boxed()
+                    }),
+                    run("serviceaccount", |ctx, cancel| {
+                        async move {
+                            serviceaccount::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
+                ])
+                .await;
+                tracing::info!("controllers stopped");
+            }
+        })
+        .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "leader election failed; controllers are not running");
     }
+}
+
+/// Starts one controller run: `(ctx, cancel) → Ok(()) when cancelled, Err(message) on failure`.
+type Starter = fn(Context, CancellationToken) -> BoxFuture<'static, Result<(), String>>;
+
+/// [`supervise`] for a controller that takes the shared [`Context`].
+async fn supervise_with(
+    name: &'static str,
+    cancel: CancellationToken,
+    ctx: Context,
+    start: Starter,
+) {
+    supervise(name, cancel, move |cancel| start(ctx.clone(), cancel)).await
 }
 
 /// Restarts a controller that returns an error, until `cancel`.

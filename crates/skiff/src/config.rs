@@ -175,6 +175,19 @@ pub struct ServerFlags {
     /// Leader election: how often to retry acquiring or renewing (upstream 2s).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub leader_retry_period: Duration,
+    /// How often node health is checked (kube-controller-manager's flag, 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: Duration,
+    /// How long a node may go without renewing its Lease before it is marked unreachable
+    /// (upstream 50s).
+    #[arg(long, default_value = "50s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How long a newly registered node has to send its first heartbeat (upstream 60s).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub node_startup_grace_period: Duration,
+    /// Terminated pods kept before the oldest are deleted (upstream 12500).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
 }
 
 /// This machine's host name, for leader identities and the default Node name.
@@ -265,6 +278,16 @@ impl ServerConfig {
                 retry_period: f.leader_retry_period,
                 cluster_cidr,
                 node_cidr_mask: 24,
+                node_lifecycle: controllers::node_lifecycle::NodeLifecycleConfig {
+                    monitor_period: f.node_monitor_period,
+                    grace_period: f.node_monitor_grace_period,
+                    startup_grace_period: f.node_startup_grace_period,
+                    ..Default::default()
+                },
+                pod_gc: controllers::pod_gc::PodGcConfig {
+                    terminated_pod_threshold: f.terminated_pod_gc_threshold,
+                    ..Default::default()
+                },
             },
         })
     }
@@ -336,6 +359,10 @@ mod tests {
             leader_lease_duration: Duration::from_secs(15),
             leader_renew_deadline: Duration::from_secs(10),
             leader_retry_period: Duration::from_secs(2),
+            node_monitor_period: Duration::from_secs(5),
+            node_monitor_grace_period: Duration::from_secs(50),
+            node_startup_grace_period: Duration::from_secs(60),
+            terminated_pod_gc_threshold: 12500,
         }
     }
 

@@ -11,7 +11,6 @@ use super::{
 /// The three container lists that share `SetDefaults_Container`.
 const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
 
-
 /// A Pod: the pod spec defaults plus what only materialises on Pods (upstream keeps these out
 /// of `SetDefaults_PodSpec` so templates of existing workloads do not change on upgrade,
 /// kubernetes#69445).
@@ -57,6 +56,55 @@ pub(super) fn default_pod(pod: &mut Map<String, Value>) {
     if !has_class {
         default_field(spec, "priority", 0);
         default_field(spec, "preemptionPolicy", "PreemptLowerPriority");
+    }
+}
+
+/// Seconds a pod stays bound to a node that turned not-ready or unreachable before the taint
+/// manager evicts it (upstream `--default-not-ready-toleration-seconds` and
+/// `--default-unreachable-toleration-seconds`, both 300).
+const DEFAULT_NODE_TOLERATION_SECONDS: i64 = 300;
+
+/// The DefaultTolerationSeconds admission plugin (upstream
+/// `plugin/pkg/admission/defaulttolerationseconds`): a pod that does not already tolerate the
+/// `node.kubernetes.io/not-ready:NoExecute` or `node.kubernetes.io/unreachable:NoExecute` taint
+/// gets a toleration of it for [`DEFAULT_NODE_TOLERATION_SECONDS`], so a node failure evicts
+/// its pods after five minutes instead of at once. A toleration with an empty key (all taints)
+/// or an empty effect (all effects) already counts, exactly as upstream tests it; such pods
+/// (DaemonSet pods, for one) are left alone.
+///
+/// Admission runs on Pod CREATE, never on templates or subresources, so this is not part of
+/// [`default_pod`]: the API server calls it through `prepare_for_create`.
+pub(super) fn default_toleration_seconds(pod: &mut Map<String, Value>) {
+    let Some(spec) = child_object(pod, "spec") else {
+        return;
+    };
+    let slot = spec.entry("tolerations").or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = Value::Array(Vec::new());
+    }
+    // A non-array is left for validation to report.
+    let Some(tolerations) = slot.as_array_mut() else {
+        return;
+    };
+    let tolerates = |taint_key: &str| {
+        tolerations.iter().filter_map(Value::as_object).any(|t| {
+            let key = t.get("key").and_then(Value::as_str).unwrap_or_default();
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
+            (key.is_empty() || key == taint_key) && (effect.is_empty() || effect == "NoExecute")
+        })
+    };
+    let missing: Vec<&str> = [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ]
+    .into_iter()
+    .filter(|key| !tolerates(key))
+    .collect();
+    for key in missing {
+        tolerations.push(
+            json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+            "tolerationSeconds": DEFAULT_NODE_TOLERATION_SECONDS}),
+        );
     }
 }
 
@@ -170,7 +218,8 @@ fn default_requests_from_limits(container: &mut Map<String, Value>) {
 
 /// `SetDefaults_Volume` and the per-source defaults below it.
 fn default_volume(volume: &mut Map<String, Value>) {
-    if !crate::schema::volume_source_keys().any(|source| volume.get(source).is_some_and(|v| !v.is_null()))
+    if !crate::schema::volume_source_keys()
+        .any(|source| volume.get(source).is_some_and(|v| !v.is_null()))
     {
         volume.insert("emptyDir".to_owned(), json!({}));
     }
@@ -329,6 +378,59 @@ mod tests {
             template["spec"]["containers"][0]["imagePullPolicy"],
             "IfNotPresent"
         );
+    }
+
+    #[test]
+    fn pods_get_default_node_tolerations_unless_they_tolerate_already() {
+        let not_ready = json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 300});
+        let unreachable = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 300});
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "a"}]}});
+        default_toleration_seconds(pod.as_object_mut().unwrap());
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([not_ready.clone(), unreachable.clone()])
+        );
+        // Idempotent: the added tolerations satisfy the check the second time.
+        let before = pod.clone();
+        default_toleration_seconds(pod.as_object_mut().unwrap());
+        assert_eq!(before, pod);
+
+        // Other tolerations are kept, in front; an explicit one for either taint wins.
+        let gpu = json!({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"});
+        let forever = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+            "effect": "NoExecute"});
+        let mut pod = json!({"spec": {"tolerations": [gpu.clone(), forever.clone()]}});
+        default_toleration_seconds(pod.as_object_mut().unwrap());
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([gpu, forever, not_ready.clone()])
+        );
+
+        // An empty effect matches every effect; a NoSchedule one for the key does not count.
+        let any_effect = json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists"});
+        let no_schedule = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+            "effect": "NoSchedule"});
+        let mut pod = json!({"spec": {"tolerations": [any_effect.clone(), no_schedule.clone()]}});
+        default_toleration_seconds(pod.as_object_mut().unwrap());
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([any_effect, no_schedule, unreachable])
+        );
+
+        // Tolerating everything (empty key, Exists), as DaemonSet-style pods may: untouched.
+        let all = json!([{"operator": "Exists"}]);
+        let mut pod = json!({"spec": {"tolerations": all.clone()}});
+        default_toleration_seconds(pod.as_object_mut().unwrap());
+        assert_eq!(pod["spec"]["tolerations"], all);
+
+        // Odd shapes are left for validation.
+        for mut odd in [json!({"spec": 3}), json!({"spec": {"tolerations": "x"}})] {
+            let before = odd.clone();
+            default_toleration_seconds(odd.as_object_mut().unwrap());
+            assert_eq!(before, odd);
+        }
     }
 
     #[test]
