@@ -244,3 +244,88 @@ spec:
     k.run(&["delete", "node", "node-2"]).ok();
     env.delete_all_and_check_clean();
 }
+
+#[test]
+fn pods_of_a_lost_node_are_evicted_and_replaced_on_a_healthy_one() {
+    let env = NodeEnv::start(
+        "lost",
+        &["--node-monitor-period", "1s", "--node-monitor-grace-period", "5s", "--node-startup-grace-period", "5s"],
+    );
+    let k = &env.k;
+    // A second node whose "kubelet" is this test: registered Ready with a fresh Lease that is
+    // then never renewed.
+    env.create(
+        "ghost",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: ghost\n  labels: {kubernetes.io/hostname: ghost}\n",
+    );
+    let date = |format: &str| {
+        let out = std::process::Command::new("date").args(["-u", format]).output().expect("date");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (heartbeat, renewed) = (date("+%Y-%m-%dT%H:%M:%SZ"), date("+%Y-%m-%dT%H:%M:%S.000000Z"));
+    let status = format!(
+        r#"{{"status":{{"capacity":{{"cpu":"4","memory":"8Gi","pods":"110"}},"allocatable":{{"cpu":"4","memory":"8Gi","pods":"110"}},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready","lastHeartbeatTime":"{heartbeat}"}}]}}}}"#
+    );
+    k.run(&["patch", "node", "ghost", "--subresource=status", "--type=merge", "-p", &status]).ok();
+    env.create(
+        "ghost-lease",
+        &format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: ghost\n  namespace: kube-node-lease\nspec:\n  holderIdentity: ghost\n  leaseDurationSeconds: 40\n  renewTime: \"{renewed}\"\n"),
+    );
+    // Everything goes to the ghost while node-1 is cordoned.
+    k.run(&["cordon", "node-1"]).ok();
+    env.create(
+        "web",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers:
+      - name: main
+        image: busybox:1.36
+        command: ["sleep", "1000"]
+"#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = k.run(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.nodeName}"]).ok();
+        if out.stdout == "ghost ghost" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pods never landed on the ghost: {}", out.stdout);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    k.run(&["uncordon", "node-1"]).ok();
+    // The ghost goes silent: Unknown, tainted, its pods evicted and replaced on node-1.
+    let out = k.run(&["wait", "node/ghost", "--for=condition=Ready=Unknown", "--timeout=60s"]).ok();
+    assert!(out.stdout.contains("condition met"), "{}", out.stdout);
+    let out = k.run(&["get", "node", "ghost", "-o", "jsonpath={.spec.taints[*].key}"]).ok();
+    assert!(out.stdout.contains("node.kubernetes.io/unreachable"), "{}", out.stdout);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = k
+            .run(&["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}"])
+            .ok();
+        let running_here = out.stdout.lines().filter(|l| l.starts_with("node-1 Running") && l.split_whitespace().count() == 2).count();
+        if running_here == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replacements on node-1:\n{}\n{}", out.stdout, tail(&env.server.log(), 40));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = k.run(&["get", "events", "-A"]).ok();
+    assert!(out.stdout.contains("TaintManagerEviction"), "{}", out.stdout);
+    // The ghost's pods wait for a kubelet that never comes: remove them by force, like an admin.
+    k.run(&["delete", "deployment", "web"]).ok();
+    k.run(&["delete", "pods", "--field-selector", "spec.nodeName=ghost", "--force", "--grace-period=0"]);
+    k.run(&["delete", "node", "ghost"]).ok();
+    env.delete_all_and_check_clean();
+}
