@@ -5,7 +5,11 @@
 //!   the pod's shim, restart policy and back-off, status writes, graceful deletion, teardown.
 //! * `container`: a Kubernetes container → the runtime's `ContainerConfig` (pure).
 //! * `credentials`: registry credentials from imagePullSecrets (pure).
-//! * `probe`: liveness, readiness and startup probes (exec, httpGet, tcpSocket).
+//! * `probe`: liveness, readiness and startup probes; `handler` runs their exec, httpGet and
+//!   tcpSocket checks (shared with hooks) and `grpc` their gRPC health checks.
+//! * `hooks`: postStart and preStop lifecycle hooks; `kill`: stopping one container (Killing
+//!   Event, preStop, the image's stop signal, grace period, SIGKILL).
+//! * `events`: the kubelet's Events about the pod, written in order off the worker's path.
 //! * `status`: phase and conditions from container statuses (pure).
 //! * `sandbox`: the pod directory, hosts and resolv.conf files, volumes.
 //!
@@ -14,6 +18,11 @@
 
 mod container;
 mod credentials;
+mod events;
+mod grpc;
+mod handler;
+mod hooks;
+mod kill;
 mod probe;
 mod sandbox;
 mod status;
@@ -82,6 +91,9 @@ pub(crate) struct NodeContext {
     pub puller: Puller,
     pub paths: NodePaths,
     pub layout: CgroupLayout,
+    /// Records the kubelet's Events (source component "kubelet"), shared so repeats of one
+    /// pod's Event are counted together.
+    pub recorder: controllers::events::EventRecorder,
 }
 
 /// Watches the node's pods and runs their workers.
@@ -95,6 +107,11 @@ impl PodManager {
             paths: config.paths(),
             puller: Puller::new(config.registry.clone()),
             layout: CgroupLayout::detect(),
+            recorder: controllers::events::EventRecorder::new(
+                client.clone(),
+                "kubelet",
+                config.node_name.clone(),
+            ),
             config,
             client,
             store,

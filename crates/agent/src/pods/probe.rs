@@ -1,27 +1,38 @@
 //! Container probes (liveness, readiness, startup) with upstream's timing: initialDelaySeconds,
 //! periodSeconds (10), timeoutSeconds (1), successThreshold (1), failureThreshold (3). One
 //! [`Prober`] task per probe of a running container reports threshold crossings to the pod
-//! worker, which marks the container (un)ready or started, or kills it.
+//! worker, which marks the container (un)ready or started, or kills it. Every failed attempt
+//! is an Unhealthy Event (`Liveness probe failed: <output>`), as the kubelet records it.
 //!
-//! Handlers: `exec` through the shim; `tcpSocket` and `httpGet` (2xx/3xx succeed, as upstream)
-//! to the pod IP — or, for a pod whose sandbox has no IP (loopback-only), to 127.0.0.1 inside the
-//! pod's network namespace. `grpc` is not supported and reports failure with a message.
+//! Handlers (`handler`, shared with lifecycle hooks): `exec` through the shim (its output is
+//! the message), `tcpSocket`, `httpGet` (2xx succeeds; a redirect the client did not follow is
+//! a success with a ProbeWarning Event; HTTPS without verification) and `grpc` (`grpc`).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use runtime::container::ShimClient;
+use k8s_openapi::api::core::v1::{Container, ObjectReference, Probe};
 use tokio::sync::mpsc;
+
+use super::events::{self, PodEvents};
+use super::grpc;
+use super::handler::{self, ExecError, HttpRequest, Target, resolve_port};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ProbeKind {
     Liveness,
     Readiness,
     Startup,
+}
+
+impl ProbeKind {
+    /// As upstream's messages name it (`Liveness probe failed: …`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+            ProbeKind::Startup => "Startup",
+        }
+    }
 }
 
 /// A probe's result crossing its threshold.
@@ -32,15 +43,6 @@ pub(crate) struct ProbeEvent {
     pub kind: ProbeKind,
     pub success: bool,
     pub message: String,
-}
-
-/// Where network probes connect.
-#[derive(Clone, Debug)]
-pub(crate) struct ProbeTarget {
-    pub pod_ip: Option<IpAddr>,
-    /// The pod's network namespace, used when it has no IP.
-    pub netns: Option<PathBuf>,
-    pub shim_socket: PathBuf,
 }
 
 /// The probes of `container` that exist, with their kind.
@@ -59,139 +61,78 @@ fn seconds(value: Option<i32>, default: i32, min: i32) -> Duration {
     Duration::from_secs(value.unwrap_or(default).max(min) as u64)
 }
 
-/// Resolves a named or numbered port against the container's ports.
-fn port(value: &IntOrString, container: &Container) -> Result<u16, String> {
-    match value {
-        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
-        IntOrString::String(name) => container
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| u16::try_from(p.container_port).ok())
-            .ok_or_else(|| format!("container has no port named {name:?}")),
-    }
-}
-
-/// One blocking TCP or HTTP check (run on a blocking thread, possibly inside the pod's netns).
-fn network_check(
-    addr: SocketAddr,
-    http: Option<(String, String, String)>,
-    timeout: Duration,
-) -> Result<(), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial tcp {addr}: {e}"))?;
-    let Some((scheme, host, path)) = http else {
-        return Ok(());
-    };
-    if scheme.eq_ignore_ascii_case("HTTPS") {
-        return Err("httpGet with scheme HTTPS is not supported by this node yet".into());
-    }
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("sending the probe request: {e}"))?;
-    let mut head = [0u8; 64];
-    let n = stream
-        .read(&mut head)
-        .map_err(|e| format!("reading the probe response: {e}"))?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("malformed HTTP response {line:?}"))?;
-    if (200..400).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
-    }
+/// One attempt's result, as upstream's `probe.Result` with its output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    /// Counts as a success, with a ProbeWarning Event.
+    Warning(String),
+    Failure(String),
+    /// The probe could not run (upstream: "errored and resulted in unknown state"); counts as
+    /// a failure.
+    Error(String),
 }
 
 /// Runs one probe attempt.
-async fn attempt(
+pub(crate) async fn attempt(
     probe: &Probe,
     container: &Container,
     runtime_id: &str,
-    target: &ProbeTarget,
+    target: &Target,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Outcome {
     if let Some(exec) = &probe.exec {
         let command = exec.command.clone().unwrap_or_default();
-        let run = async {
-            let mut shim = ShimClient::connect(&target.shim_socket)
-                .await
-                .map_err(|e| e.to_string())?;
-            let process = shim
-                .exec(runtime_id, command, Vec::new(), None)
-                .await
-                .map_err(|e| e.to_string())?;
-            drop(process.stdin);
-            let code = shim
-                .wait_exec(process.pid)
-                .await
-                .map_err(|e| e.to_string())?;
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(format!("command exited with {code}"))
-            }
+        return match handler::exec(&target.shim_socket, runtime_id, &command, Some(timeout)).await {
+            Ok(out) if out.exit_code == 0 => Outcome::Success,
+            Ok(out) => Outcome::Failure(out.output),
+            Err(e @ ExecError::TimedOut { .. }) => Outcome::Failure(e.to_string()),
+            Err(ExecError::Runtime(e)) => Outcome::Error(e),
         };
-        return tokio::time::timeout(timeout, run)
-            .await
-            .unwrap_or_else(|_| Err(format!("command timed out after {timeout:?}")));
     }
-    let (host, port_value, http) = if let Some(tcp) = &probe.tcp_socket {
-        (tcp.host.clone(), tcp.port.clone(), None)
-    } else if let Some(get) = &probe.http_get {
-        let scheme = get.scheme.clone().unwrap_or_else(|| "HTTP".into());
-        let path = get
-            .path
-            .clone()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "/".into());
-        (get.host.clone(), get.port.clone(), Some((scheme, path)))
-    } else {
-        return Err(
-            "probe has no supported handler (grpc probes are not supported by this node yet)"
-                .into(),
-        );
-    };
-    let port = port(&port_value, container)?;
-    let explicit = host.filter(|h| !h.is_empty());
-    let (ip, netns) = match (&explicit, target.pod_ip) {
-        (Some(_), _) => (None, None),
-        (None, Some(ip)) => (Some(ip), None),
-        (None, None) => (Some(IpAddr::from([127, 0, 0, 1])), target.netns.clone()),
-    };
-    let check = move || -> Result<(), String> {
-        let addr = match (ip, &explicit) {
-            (Some(ip), _) => SocketAddr::new(ip, port),
-            (None, Some(h)) => (h.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| format!("resolving {h}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{h} has no address"))?,
-            (None, None) => return Err("no address to probe".into()),
+    if let Some(tcp) = &probe.tcp_socket {
+        let port = match resolve_port(&tcp.port, container) {
+            Ok(port) => port,
+            Err(e) => return Outcome::Error(e),
         };
-        let host_header = explicit.clone().unwrap_or_else(|| addr.ip().to_string());
-        network_check(
-            addr,
-            http.map(|(scheme, path)| (scheme, format!("{host_header}:{port}"), path)),
-            timeout,
-        )
-    };
-    let result = tokio::task::spawn_blocking(move || match netns {
-        Some(path) => net::netns::run_in(&path, check)
-            .unwrap_or_else(|e| Err(format!("entering the pod network: {e}"))),
-        None => check(),
-    })
-    .await;
-    result.unwrap_or_else(|e| Err(format!("probe task failed: {e}")))
+        let endpoint = target.endpoint(tcp.host.as_deref(), port);
+        return match handler::dial(&endpoint, timeout).await {
+            Ok(_) => Outcome::Success,
+            Err(e) => Outcome::Failure(e),
+        };
+    }
+    if let Some(get) = &probe.http_get {
+        let request = match HttpRequest::new(get, container, target, "kube-probe") {
+            Ok(r) => r,
+            Err(e) => return Outcome::Error(e),
+        };
+        return match handler::http_get(&request, Some(timeout)).await {
+            Ok(outcome) if outcome.redirect_not_followed => Outcome::Warning(format!(
+                "Probe terminated redirects, Response body: {}",
+                outcome.response.body
+            )),
+            Ok(outcome) if (200..400).contains(&outcome.response.status) => Outcome::Success,
+            // Upstream keeps this wording exactly, for users' metrics (issue 99425).
+            Ok(outcome) => Outcome::Failure(format!(
+                "HTTP probe failed with statuscode: {}",
+                outcome.response.status
+            )),
+            Err(e) => Outcome::Failure(e.to_string()),
+        };
+    }
+    if let Some(g) = &probe.grpc {
+        let Ok(port) = u16::try_from(g.port) else {
+            return Outcome::Error(format!("invalid port number: {}", g.port));
+        };
+        // gRPC probes have no host: always the pod.
+        let endpoint = target.endpoint(None, port);
+        let service = g.service.clone().unwrap_or_default();
+        return match grpc::check(&endpoint, &service, timeout).await {
+            Ok(()) => Outcome::Success,
+            Err(message) => Outcome::Failure(message),
+        };
+    }
+    Outcome::Error("probe has no handler".into())
 }
 
 /// One probe of one running container.
@@ -200,8 +141,11 @@ pub(crate) struct Prober {
     pub probe: Probe,
     pub container: Container,
     pub runtime_id: String,
-    pub target: ProbeTarget,
-    pub events: mpsc::UnboundedSender<ProbeEvent>,
+    pub target: Target,
+    pub results: mpsc::UnboundedSender<ProbeEvent>,
+    pub events: PodEvents,
+    /// The container as the Events' involved object.
+    pub reference: ObjectReference,
 }
 
 impl Prober {
@@ -216,11 +160,36 @@ impl Prober {
         tokio::time::sleep(seconds(p.initial_delay_seconds, 0, 0)).await;
         let (mut successes, mut failures) = (0, 0);
         let mut reported: Option<bool> = None;
+        let kind = self.kind.as_str();
         loop {
-            let result = attempt(p, &self.container, &self.runtime_id, &self.target, timeout).await;
-            let (success, message) = match result {
-                Ok(()) => (true, String::new()),
-                Err(m) => (false, m),
+            let outcome =
+                attempt(p, &self.container, &self.runtime_id, &self.target, timeout).await;
+            let (success, message) = match outcome {
+                Outcome::Success => (true, String::new()),
+                Outcome::Warning(output) => {
+                    self.events.warning(
+                        self.reference.clone(),
+                        events::PROBE_WARNING,
+                        format!("{kind} probe warning: {output}"),
+                    );
+                    (true, String::new())
+                }
+                Outcome::Failure(output) => {
+                    self.events.warning(
+                        self.reference.clone(),
+                        events::UNHEALTHY,
+                        format!("{kind} probe failed: {output}"),
+                    );
+                    (false, output)
+                }
+                Outcome::Error(error) => {
+                    self.events.warning(
+                        self.reference.clone(),
+                        events::UNHEALTHY,
+                        format!("{kind} probe errored and resulted in unknown state: {error}"),
+                    );
+                    (false, error)
+                }
             };
             if success {
                 successes += 1;
@@ -245,7 +214,7 @@ impl Prober {
                     success: state,
                     message,
                 };
-                if self.events.send(event).is_err() {
+                if self.results.send(event).is_err() {
                     return;
                 }
                 // A startup probe's job ends with its first verdict; a failed liveness probe's
@@ -262,51 +231,79 @@ impl Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use serde_json::json;
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, TcpListener};
+    use std::path::PathBuf;
 
-    #[test]
-    fn http_and_tcp_checks_follow_upstream_codes() {
+    fn target() -> Target {
+        Target {
+            pod_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            netns: None,
+            shim_socket: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn probe(value: serde_json::Value) -> Probe {
+        serde_json::from_value(value).expect("probe")
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_follow_upstream_codes() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let port = listener.local_addr().expect("addr").port();
         let server = std::thread::spawn(move || {
-            for (i, stream) in listener.incoming().take(3).enumerate() {
-                let mut stream = stream.expect("accept");
+            let responses = [
+                "204 No Content\r\n",
+                "500 Internal Server Error\r\n",
+                "302 Found\r\nLocation: http://other.invalid/\r\n",
+            ];
+            for status in responses {
+                let (mut stream, _) = listener.accept().expect("accept");
                 let mut buf = [0u8; 1024];
                 let _ = stream.read(&mut buf);
-                let status = if i == 1 {
-                    "500 Internal Server Error"
-                } else {
-                    "204 No Content"
-                };
-                let _ = stream.write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-                );
+                let _ = stream
+                    .write_all(format!("HTTP/1.1 {status}Content-Length: 2\r\n\r\nhi").as_bytes());
             }
+            // One more accept for the tcpSocket probe.
+            let _ = listener.accept();
         });
-        let http = || Some(("HTTP".to_string(), addr.to_string(), "/healthz".to_string()));
+        let c: Container = serde_json::from_value(json!({"name": "c"})).expect("container");
         let timeout = Duration::from_secs(2);
-        assert_eq!(network_check(addr, http(), timeout), Ok(()));
+        let http = probe(json!({"httpGet": {"port": port, "path": "/healthz"}}));
+        let run = |p: Probe| {
+            let c = c.clone();
+            async move { attempt(&p, &c, "id", &target(), timeout).await }
+        };
+        assert_eq!(run(http.clone()).await, Outcome::Success);
         assert_eq!(
-            network_check(addr, http(), timeout),
-            Err("HTTP probe failed with statuscode: 500".into())
+            run(http.clone()).await,
+            Outcome::Failure("HTTP probe failed with statuscode: 500".into())
         );
-        assert_eq!(network_check(addr, None, timeout), Ok(()));
+        assert_eq!(
+            run(http.clone()).await,
+            Outcome::Warning("Probe terminated redirects, Response body: hi".into())
+        );
+        let tcp = probe(json!({"tcpSocket": {"port": port}}));
+        assert_eq!(run(tcp.clone()).await, Outcome::Success);
         server.join().expect("server");
-        assert!(
-            network_check(addr, None, timeout).is_err(),
-            "nothing listens any more"
+        assert_eq!(
+            run(tcp).await,
+            Outcome::Failure(format!(
+                "dial tcp 127.0.0.1:{port}: connect: connection refused"
+            ))
         );
+        assert!(matches!(run(probe(json!({}))).await, Outcome::Error(_)));
     }
 
     #[test]
-    fn named_ports_resolve_against_the_container() {
-        let c: Container = serde_json::from_value(
-            serde_json::json!({"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}),
-        )
+    fn probes_are_listed_startup_first() {
+        let c: Container = serde_json::from_value(json!({"name": "c",
+            "readinessProbe": {"exec": {"command": ["true"]}},
+            "startupProbe": {"grpc": {"port": 9000}}}))
         .expect("container");
-        assert_eq!(port(&IntOrString::String("http".into()), &c), Ok(8080));
-        assert_eq!(port(&IntOrString::Int(9090), &c), Ok(9090));
-        assert!(port(&IntOrString::String("grpc".into()), &c).is_err());
-        assert_eq!(probes(&c).len(), 0);
+        let kinds: Vec<ProbeKind> = probes(&c).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [ProbeKind::Startup, ProbeKind::Readiness]);
+        assert_eq!(ProbeKind::Liveness.as_str(), "Liveness");
     }
 }

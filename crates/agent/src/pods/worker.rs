@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodIP, PodStatus, Secret,
+    ContainerStateWaiting, ContainerStatus, HostIP, LifecycleHandler, ObjectReference, Pod, PodIP,
+    PodStatus, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use net::cni::{PortMapping, Protocol};
+use nix::sys::signal::Signal;
 use runtime::container::{Namespace, NamespaceKind, ShimArgs, ShimClient};
 use runtime::image::pull::Credentials;
 use runtime::image::{ImageRecord, ImageRef, PullDecision, PullPolicy};
@@ -26,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::container::{ContainerEnvironment, EnvSources, HostVolume, container_config};
 use super::credentials;
+use super::events::{self, PodEvents, container_reference, format_pod};
+use super::handler::Target;
+use super::hooks::{self, HookContext};
+use super::kill::{self, ContainerKill};
 use super::probe::{self, ProbeEvent, ProbeKind};
 use super::sandbox::{self, PodRecord};
 use super::status::{self, pod_conditions, pod_phase, terminated_reason};
@@ -38,8 +44,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A container that ran this long before exiting starts its back-off afresh (upstream resets
 /// the back-off entry after twice the maximum).
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
-/// How long SIGKILLed containers get to be reaped before teardown goes ahead anyway.
-const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// The worker's states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +54,8 @@ pub(crate) enum State {
     /// Running init containers in order, then the app containers, restarting them per
     /// restartPolicy with back-off, and reporting status.
     Sync,
-    /// `deletionTimestamp` is set: SIGTERM, wait out the grace period, SIGKILL.
+    /// `deletionTimestamp` is set: per container, preStop, the stop signal (the image's
+    /// STOPSIGNAL or SIGTERM), what is left of the grace period, SIGKILL.
     Terminating,
     /// Removing containers, the shim, rootfs mounts, cgroups, network and the pod directory,
     /// then deleting the pod object (grace 0, UID precondition) if it still exists.
@@ -71,14 +76,35 @@ pub(crate) fn backoff_delay(base: Duration, crashes: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// A duration as Go's `time.Duration.String()` prints whole seconds (`10s`, `2m40s`, `5m0s`),
-/// which upstream's back-off messages use.
+/// A duration as Go's `time.Duration.String()` prints it (`10s`, `2m40s`, `5m0s`, `1.234s`,
+/// `300ms`), which upstream's back-off, pull and probe messages use.
 pub(crate) fn go_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 60 {
-        format!("{}m{}s", secs / 60, secs % 60)
-    } else {
-        format!("{secs}s")
+    /// `value / scale` with the fraction's trailing zeros dropped, as Go prints it.
+    fn fraction(value: u128, scale: u128) -> String {
+        let (whole, rest) = (value / scale, value % scale);
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let digits = scale.ilog10() as usize;
+        let rest = format!("{rest:0digits$}");
+        format!("{whole}.{}", rest.trim_end_matches('0'))
+    }
+    let nanos = d.as_nanos();
+    match nanos {
+        0 => "0s".into(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", fraction(n, 1_000)),
+        n if n < 1_000_000_000 => format!("{}ms", fraction(n, 1_000_000)),
+        n => {
+            let secs = n / 1_000_000_000;
+            let (hours, minutes) = (secs / 3600, (secs / 60) % 60);
+            let seconds = fraction(n % 60_000_000_000, 1_000_000_000);
+            match (hours, minutes) {
+                (0, 0) => format!("{seconds}s"),
+                (0, m) => format!("{m}m{seconds}s"),
+                (h, m) => format!("{h}h{m}m{seconds}s"),
+            }
+        }
     }
 }
 
@@ -117,6 +143,14 @@ struct Tracked {
     image_error: Option<String>,
     /// The runtime id whose exit is already recorded, so it counts as one crash only.
     exited_id: Option<String>,
+    /// The image's StopSignal, read when the container was created.
+    stop_signal: Option<Signal>,
+    /// The crash-loop and image back-offs whose BackOff Event is recorded (once per period).
+    backoff_event_for: Option<Instant>,
+    image_backoff_event_for: Option<Instant>,
+    /// The last start failure reported in an Event, so a failure that persists across syncs
+    /// is reported once.
+    failure_event: Option<String>,
 }
 
 impl Tracked {
@@ -190,6 +224,15 @@ pub(crate) struct PodWorker {
     watchers: JoinSet<()>,
     last_status: Option<Value>,
     start_time: Option<Time>,
+    events: PodEvents,
+}
+
+/// How a postStart hook ended.
+enum PostStart {
+    Done,
+    Failed(String),
+    /// The pod is being deleted or the agent stops: the next state deals with the container.
+    Interrupted,
 }
 
 impl PodWorker {
@@ -212,6 +255,7 @@ impl PodWorker {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let start_time = pod.status.as_ref().and_then(|s| s.start_time.clone());
+        let events = PodEvents::new(node.recorder.clone());
         PodWorker {
             node,
             pod,
@@ -230,6 +274,7 @@ impl PodWorker {
             watchers: JoinSet::new(),
             last_status: None,
             start_time,
+            events,
         }
     }
 
@@ -286,12 +331,122 @@ impl PodWorker {
         )
     }
 
+    /// The pod as upstream's messages name it: `name_namespace(uid)`.
+    fn pod_label(&self) -> String {
+        format_pod(&self.record.name, &self.record.namespace, &self.record.uid)
+    }
+
+    /// Container `name` as an Event's involved object.
+    fn container_ref(&self, name: &str) -> ObjectReference {
+        container_reference(&self.pod, name)
+    }
+
+    /// Where probes and hooks of this pod connect.
+    fn target(&self) -> Target {
+        Target {
+            pod_ip: self
+                .sandbox
+                .as_ref()
+                .and_then(|s| s.network.ips.first().copied()),
+            netns: self.sandbox.as_ref().and_then(|s| s.network.netns.clone()),
+            shim_socket: self.node.paths.shim_socket(&self.record.uid),
+        }
+    }
+
+    fn hook_context(&self, c: &Container, runtime_id: &str) -> HookContext {
+        HookContext {
+            container: c.clone(),
+            runtime_id: runtime_id.to_string(),
+            target: self.target(),
+            pod_label: self.pod_label(),
+            pod_reference: events::pod_reference(&self.pod),
+            events: self.events.clone(),
+        }
+    }
+
+    /// The grace period of a kill that has no override: the deletion's, else the pod's
+    /// terminationGracePeriodSeconds (30 by default).
+    fn pod_grace(&self) -> Duration {
+        let seconds = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(seconds as u64)
+    }
+
+    /// The signal that stops container `name`: its `lifecycle.stopSignal`, else its image's
+    /// StopSignal, else SIGTERM (as containerd and CRI-O do).
+    fn stop_signal(&self, name: &str) -> Signal {
+        let declared = self
+            .container_spec(name)
+            .and_then(|c| c.lifecycle?.stop_signal)
+            .and_then(|s| kill::parse_signal(&s));
+        if let Some(signal) = declared {
+            return signal;
+        }
+        let t = self.containers.get(name);
+        if let Some(signal) = t.and_then(|t| t.stop_signal) {
+            return signal;
+        }
+        // A container adopted after an agent restart: read its image's config again.
+        let from_image = t.and_then(|t| {
+            let reference = ImageRef::parse(&t.status.image).ok()?;
+            let record = self.node.store.get(&reference).ok()??;
+            let config = self.node.store.config(&record).ok()?;
+            kill::parse_signal(config.stop_signal.as_deref()?)
+        });
+        from_image.unwrap_or(Signal::SIGTERM)
+    }
+
+    /// Stopping container `name` (attempt `runtime_id`), with its preStop hook.
+    fn container_kill(
+        &self,
+        name: &str,
+        runtime_id: &str,
+        message: String,
+        grace: Duration,
+    ) -> ContainerKill {
+        let spec = self.container_spec(name);
+        let pre_stop = spec.as_ref().and_then(|c| {
+            let hook = c.lifecycle.as_ref()?.pre_stop.clone()?;
+            Some((hook, self.hook_context(c, runtime_id)))
+        });
+        ContainerKill {
+            runtime_id: runtime_id.to_string(),
+            shim_socket: self.node.paths.shim_socket(&self.record.uid),
+            message,
+            reference: spec.map(|_| self.container_ref(name)),
+            events: self.events.clone(),
+            pre_stop,
+            grace,
+            signal: self.stop_signal(name),
+        }
+    }
+
     fn api(&self) -> Api<Pod> {
         Api::namespaced(self.node.client.clone(), &self.record.namespace)
     }
 
     fn deleting(&self) -> bool {
         self.pod.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Whether the agent stops, or the latest update (not yet taken) deletes the pod.
+    fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+            || self
+                .updates
+                .borrow()
+                .as_ref()
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
     }
 
     /// Runs the pod until nothing of it is left, or until the agent shuts down (then the
@@ -652,14 +807,8 @@ impl PodWorker {
                 t.status.ready = false;
             }
         }
-        let target = probe::ProbeTarget {
-            pod_ip: self
-                .sandbox
-                .as_ref()
-                .and_then(|s| s.network.ips.first().copied()),
-            netns: self.sandbox.as_ref().and_then(|s| s.network.netns.clone()),
-            shim_socket: self.node.paths.shim_socket(&self.record.uid),
-        };
+        let target = self.target();
+        let reference = self.container_ref(name);
         for (kind, spec) in all {
             let wanted = if first && has_startup {
                 kind == ProbeKind::Startup
@@ -675,7 +824,9 @@ impl PodWorker {
                 container: container.clone(),
                 runtime_id: runtime_id.to_string(),
                 target: target.clone(),
-                events: self.probe_tx.clone(),
+                results: self.probe_tx.clone(),
+                events: self.events.clone(),
+                reference: reference.clone(),
             };
             let handle = self.watchers.spawn(prober.run());
             self.probers
@@ -716,7 +867,8 @@ impl PodWorker {
             (kind, false) => {
                 tracing::info!(pod = %self.sandbox_ref(), container = %event.container, ?kind, message = %event.message,
                     "container failed its probe, will be restarted");
-                let grace = self
+                // The probe's own terminationGracePeriodSeconds overrides the pod's (KEP-2238).
+                let probe_grace = self
                     .container_spec(&event.container)
                     .and_then(|c| {
                         if kind == ProbeKind::Liveness {
@@ -726,36 +878,15 @@ impl PodWorker {
                         }
                     })
                     .and_then(|p| p.termination_grace_period_seconds)
-                    .or_else(|| {
-                        self.pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.termination_grace_period_seconds)
-                    })
-                    .unwrap_or(30)
-                    .max(0);
-                let socket = self.node.paths.shim_socket(&self.record.uid);
-                let id = event.runtime_id.clone();
-                self.watchers.spawn(async move {
-                    let Ok(mut shim) = ShimClient::connect(&socket).await else {
-                        return;
-                    };
-                    let _ = shim
-                        .kill(&id, nix::sys::signal::Signal::SIGTERM as i32)
-                        .await;
-                    let mut waiter = match ShimClient::connect(&socket).await {
-                        Ok(w) => w,
-                        Err(_) => return,
-                    };
-                    if tokio::time::timeout(Duration::from_secs(grace as u64), waiter.wait(&id))
-                        .await
-                        .is_err()
-                    {
-                        let _ = shim
-                            .kill(&id, nix::sys::signal::Signal::SIGKILL as i32)
-                            .await;
-                    }
-                });
+                    .map(|s| Duration::from_secs(s.max(0) as u64));
+                let grace = probe_grace.unwrap_or_else(|| self.pod_grace());
+                let message = format!(
+                    "Container {} failed {} probe, will be restarted",
+                    event.container,
+                    kind.as_str().to_ascii_lowercase()
+                );
+                let kill = self.container_kill(&event.container, &event.runtime_id, message, grace);
+                self.watchers.spawn(kill.run());
             }
         }
     }
@@ -853,12 +984,15 @@ impl PodWorker {
         wake
     }
 
-    /// Starts (or restarts) `c` unless its crash back-off runs; returns the back-off's end.
+    /// Starts (or restarts) `c` unless its crash back-off runs; returns when to look again.
     async fn start_if_due(&mut self, c: &Container) -> Option<Instant> {
-        let pod_label = format!(
-            "{}_{}({})",
-            self.record.name, self.record.namespace, self.record.uid
-        );
+        // A deletion that arrived during this pass (e.g. while a postStart hook ran) starts
+        // nothing more; the next step terminates the pod.
+        if self.stopping() {
+            return None;
+        }
+        let pod_label = self.pod_label();
+        let reference = self.container_ref(&c.name);
         let base = self.node.config.backoff_base;
         let t = self.containers.get_mut(&c.name)?;
         if t.last_exit().is_some()
@@ -873,30 +1007,56 @@ impl PodWorker {
                     c.name
                 )),
             );
+            // Once per back-off period; the recorder counts the periods.
+            if t.backoff_event_for != Some(until) {
+                t.backoff_event_for = Some(until);
+                self.events.warning(
+                    reference,
+                    events::BACK_OFF,
+                    format!(
+                        "Back-off restarting failed container {} in pod {pod_label}",
+                        c.name
+                    ),
+                );
+            }
             return Some(until);
         }
         let image = match self.ensure_image(c).await {
             Ok(image) => image,
             Err(wake) => return wake,
         };
-        self.start_container(c, image).await;
-        None
+        self.start_container(c, image).await
+    }
+
+    /// Records a start failure's Events unless the same failure was the last one reported.
+    fn report_failure(&mut self, name: &str, key: &str, report: impl FnOnce(&PodEvents)) {
+        let Some(t) = self.containers.get_mut(name) else {
+            return;
+        };
+        if t.failure_event.as_deref() != Some(key) {
+            t.failure_event = Some(key.to_string());
+            report(&self.events);
+        }
     }
 
     /// The container's image per its imagePullPolicy, or the waiting state that explains why
     /// not (ErrImagePull, then ImagePullBackOff while backing off; ErrImageNeverPull;
-    /// InvalidImageName).
+    /// InvalidImageName), with upstream's image Events.
     async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, Option<Instant>> {
         let name = c.image.clone().unwrap_or_default();
+        let shown = with_default_tag(&name);
+        let object = self.container_ref(&c.name);
         let reference = match ImageRef::parse(&name) {
             Ok(r) => r,
             Err(e) => {
+                let message = format!("Failed to apply default image tag {name:?}: {e}");
                 if let Some(t) = self.containers.get_mut(&c.name) {
-                    t.set_waiting(
-                        "InvalidImageName",
-                        Some(format!("Failed to apply default image tag {name:?}: {e}")),
-                    );
+                    t.set_waiting("InvalidImageName", Some(message.clone()));
                 }
+                self.report_failure(&c.name, "InvalidImageName", |events| {
+                    events.warning(object.clone(), events::INSPECT_FAILED, message);
+                    events.warning(object, events::FAILED, "Error: InvalidImageName");
+                });
                 return Err(None);
             }
         };
@@ -908,18 +1068,24 @@ impl PodWorker {
         match runtime::image::pull_decision(&reference, policy, present.is_some()) {
             PullDecision::UsePresent => {
                 if let Some(record) = present {
+                    self.events.normal(
+                        object,
+                        events::PULLED_IMAGE,
+                        format!("Container image {shown:?} already present on machine"),
+                    );
                     return Ok(record);
                 }
             }
             PullDecision::NeverPullMissing => {
+                let message =
+                    format!("Container image {shown:?} is not present with pull policy of Never");
                 if let Some(t) = self.containers.get_mut(&c.name) {
-                    t.set_waiting(
-                        "ErrImageNeverPull",
-                        Some(format!(
-                            "Container image {name:?} is not present with pull policy of Never"
-                        )),
-                    );
+                    t.set_waiting("ErrImageNeverPull", Some(message.clone()));
                 }
+                self.report_failure(&c.name, "ErrImageNeverPull", |events| {
+                    events.warning(object.clone(), events::ERR_IMAGE_NEVER_PULL, message);
+                    events.warning(object, events::FAILED, "Error: ErrImageNeverPull");
+                });
                 return Err(None);
             }
             PullDecision::Pull => {}
@@ -935,6 +1101,17 @@ impl PodWorker {
                         "Back-off pulling image {name:?}: ErrImagePull: {last}"
                     )),
                 );
+                if t.image_backoff_event_for != Some(until) {
+                    t.image_backoff_event_for = Some(until);
+                    // Upstream records the pull back-off as a Normal Event.
+                    self.events.normal(
+                        object.clone(),
+                        events::BACK_OFF,
+                        format!("Back-off pulling image {shown:?}"),
+                    );
+                    self.events
+                        .warning(object, events::FAILED, "Error: ImagePullBackOff");
+                }
                 return Err(Some(until));
             }
             if t.status.state.is_none() {
@@ -944,6 +1121,12 @@ impl PodWorker {
         // Tell the API the pod is pulling before a possibly long download.
         let _ = self.write_status().await;
         let credentials = self.pull_credentials(&reference.registry).await;
+        self.events.normal(
+            object.clone(),
+            events::PULLING_IMAGE,
+            format!("Pulling image {shown:?}"),
+        );
+        let began = Instant::now();
         let pulled = tokio::select! {
             r = self.node.puller.pull(&self.node.store, &reference, &credentials, &|_| {}) => r,
             _ = self.shutdown.cancelled() => return Err(None),
@@ -954,6 +1137,19 @@ impl PodWorker {
                 t.image_failures = 0;
                 t.image_backoff_until = None;
                 t.image_error = None;
+                // Upstream truncates to milliseconds; pulls here never queue, so the time
+                // including waiting is the pull's.
+                let took = Duration::from_millis(began.elapsed().as_millis() as u64);
+                self.events.normal(
+                    object,
+                    events::PULLED_IMAGE,
+                    format!(
+                        "Successfully pulled image {shown:?} in {} ({} including waiting). Image size: {} bytes.",
+                        go_duration(took),
+                        go_duration(took),
+                        record.size
+                    ),
+                );
                 Ok(record)
             }
             Err(e) => {
@@ -964,27 +1160,35 @@ impl PodWorker {
                 t.image_backoff_until = Some(until);
                 t.image_error = Some(e.to_string());
                 t.set_waiting("ErrImagePull", Some(e.to_string()));
+                self.events.warning(
+                    object.clone(),
+                    events::FAILED,
+                    format!("Failed to pull image {shown:?}: {e}"),
+                );
+                self.events
+                    .warning(object, events::FAILED, "Error: ErrImagePull");
                 Err(Some(until))
             }
         }
     }
 
-    async fn start_container(&mut self, c: &Container, image: ImageRecord) {
+    /// Creates and starts attempt `restartCount (+1)` of `c`, then runs its postStart hook.
+    /// Returns when to look at the pod again (a failed hook's restart).
+    async fn start_container(&mut self, c: &Container, image: ImageRecord) -> Option<Instant> {
         let uid = self.record.uid.clone();
-        let Some(t) = self.containers.get(&c.name) else {
-            return;
-        };
+        let t = self.containers.get(&c.name)?;
         // restartCount counts attempts after the first.
         let attempt = match (&t.runtime_id, t.last_exit()) {
             (None, None) => u32::try_from(t.status.restart_count).unwrap_or(0),
             _ => u32::try_from(t.status.restart_count).unwrap_or(0) + 1,
         };
         let old_id = t.runtime_id.clone();
+        let object = self.container_ref(&c.name);
         match self
             .create_container(c, &image, attempt, old_id.as_deref())
             .await
         {
-            Ok(id) => {
+            Ok((id, stop_signal)) => {
                 if let Some(t) = self.containers.get_mut(&c.name) {
                     t.retire_state();
                     t.runtime_id = Some(id.clone());
@@ -992,49 +1196,146 @@ impl PodWorker {
                     t.status.container_id = Some(format!("skiff://{id}"));
                     t.status.image = image.reference.to_string();
                     t.status.image_id = image.repo_digest();
+                    t.stop_signal = stop_signal;
+                    t.failure_event = None;
                 }
-                // The next refresh sees it running and starts its exit watcher.
+                self.events.normal(
+                    object.clone(),
+                    events::CREATED,
+                    format!("Created container: {}", c.name),
+                );
+                self.events.normal(
+                    object.clone(),
+                    events::STARTED,
+                    format!("Started container {}", c.name),
+                );
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+                    match self.run_post_start(c, &id, hook).await {
+                        PostStart::Done => {}
+                        PostStart::Interrupted => return None,
+                        PostStart::Failed(message) => {
+                            return self.post_start_failed(c, &id, object, message).await;
+                        }
+                    }
+                }
+                // The refresh sees it running, starts its probes and its exit watcher.
                 if let Err(e) = self.refresh().await {
                     tracing::warn!(pod = %uid, error = %error_chain(&e), "reading container state failed");
                 }
+                None
             }
             Err(StartFailure::Config(message)) => {
                 if let Some(t) = self.containers.get_mut(&c.name) {
-                    t.set_waiting("CreateContainerConfigError", Some(message));
+                    t.set_waiting("CreateContainerConfigError", Some(message.clone()));
                 }
+                self.report_failure(&c.name, &message, |events| {
+                    events.warning(object, events::FAILED, format!("Error: {message}"));
+                });
+                None
             }
             Err(StartFailure::Create(message)) => {
                 if let Some(t) = self.containers.get_mut(&c.name) {
-                    t.set_waiting("CreateContainerError", Some(message));
+                    t.set_waiting("CreateContainerError", Some(message.clone()));
                 }
+                self.report_failure(&c.name, &message, |events| {
+                    events.warning(object, events::FAILED, format!("Error: {message}"));
+                });
+                None
             }
             Err(StartFailure::Start(message)) => {
                 // The runtime could not start the process (a missing executable…): upstream
                 // reports it as terminated with StartError and exit code 128, then backs off.
+                self.events
+                    .warning(object, events::FAILED, format!("Error: {message}"));
                 let base = self.node.config.backoff_base;
-                if let Some(t) = self.containers.get_mut(&c.name) {
-                    t.retire_state();
-                    t.runtime_id = None;
-                    t.status.restart_count = i32::try_from(attempt).unwrap_or(i32::MAX);
-                    t.crashes += 1;
-                    t.backoff_until = Some(Instant::now() + backoff_delay(base, t.crashes));
-                    let at = now();
-                    t.status.state = Some(ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            exit_code: 128,
-                            reason: Some("StartError".into()),
-                            message: Some(message),
-                            started_at: Some(at.clone()),
-                            finished_at: Some(at),
-                            ..ContainerStateTerminated::default()
-                        }),
-                        ..ContainerState::default()
-                    });
-                    t.status.ready = false;
-                    t.status.started = Some(false);
+                let t = self.containers.get_mut(&c.name)?;
+                t.retire_state();
+                t.runtime_id = None;
+                t.status.restart_count = i32::try_from(attempt).unwrap_or(i32::MAX);
+                t.crashes += 1;
+                let until = Instant::now() + backoff_delay(base, t.crashes);
+                t.backoff_until = Some(until);
+                let at = now();
+                t.status.state = Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 128,
+                        reason: Some("StartError".into()),
+                        message: Some(message),
+                        started_at: Some(at.clone()),
+                        finished_at: Some(at),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                });
+                t.status.ready = false;
+                t.status.started = Some(false);
+                Some(until)
+            }
+        }
+    }
+
+    /// Runs the postStart hook of the just started `c`. Like the kubelet's, it holds the pod's
+    /// sync (later containers start after it, and the container is not Running in the status
+    /// until it returns), but a deletion or the agent stopping interrupts the wait.
+    async fn run_post_start(
+        &mut self,
+        c: &Container,
+        id: &str,
+        hook: LifecycleHandler,
+    ) -> PostStart {
+        if self.stopping() {
+            return PostStart::Interrupted;
+        }
+        let ctx = self.hook_context(c, id);
+        let run = async move { hooks::run(&hook, &ctx).await };
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => {
+                    return match result {
+                        Ok(()) => PostStart::Done,
+                        Err(message) => PostStart::Failed(message),
+                    };
+                }
+                _ = self.shutdown.cancelled() => return PostStart::Interrupted,
+                changed = self.updates.changed() => {
+                    if changed.is_err() {
+                        return PostStart::Interrupted;
+                    }
+                    if self.stopping() {
+                        return PostStart::Interrupted;
+                    }
                 }
             }
         }
+    }
+
+    /// A failed postStart hook: upstream records FailedPostStartHook, kills the container
+    /// (preStop and grace period included) and lets restartPolicy decide; meanwhile the
+    /// container waits with reason PostStartHookError.
+    async fn post_start_failed(
+        &mut self,
+        c: &Container,
+        id: &str,
+        object: ObjectReference,
+        message: String,
+    ) -> Option<Instant> {
+        tracing::info!(pod = %self.sandbox_ref(), container = %c.name, %message, "postStart hook failed; killing the container");
+        self.events
+            .warning(object, events::FAILED_POST_START_HOOK, message.clone());
+        let grace = self.pod_grace();
+        self.container_kill(&c.name, id, "FailedPostStartHook".into(), grace)
+            .run()
+            .await;
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(pod = %self.sandbox_ref(), error = %error_chain(&e), "reading container state failed");
+        }
+        let t = self.containers.get_mut(&c.name)?;
+        let until = t.backoff_until.unwrap_or_else(Instant::now);
+        if t.terminated().is_some() {
+            t.set_waiting("PostStartHookError", Some(message));
+        }
+        Some(until)
     }
 
     /// Credentials for `registry` from the pod's imagePullSecrets (missing or unreadable
@@ -1115,7 +1416,7 @@ impl PodWorker {
         image: &ImageRecord,
         attempt: u32,
         old_id: Option<&str>,
-    ) -> Result<String, StartFailure> {
+    ) -> Result<(String, Option<Signal>), StartFailure> {
         let sources = self.env_sources(c).await.map_err(StartFailure::Create)?;
         let sandbox = self
             .sandbox
@@ -1225,7 +1526,14 @@ impl PodWorker {
         shim.start(&id, &spec, &log)
             .await
             .map_err(|e| StartFailure::Start(error_chain(&e)))?;
-        Ok(id)
+        let stop_signal = image_config.stop_signal.as_deref().and_then(|name| {
+            let parsed = kill::parse_signal(name);
+            if parsed.is_none() {
+                tracing::warn!(container = %id, signal = %name, "the image's StopSignal is not a known signal; SIGTERM stops the container");
+            }
+            parsed
+        });
+        Ok((id, stop_signal))
     }
 
     fn container_status(&self, c: &Container, default_reason: &str) -> ContainerStatus {
@@ -1335,69 +1643,44 @@ impl PodWorker {
         Ok(())
     }
 
+    /// Graceful deletion: every running container is stopped at once, each as upstream's
+    /// `killContainer` does (Killing Event, preStop within the grace period, the stop signal,
+    /// SIGKILL when the rest of the grace period runs out).
     async fn terminate(&mut self) -> State {
         if self.shim.is_none() && self.connect_shim().await.is_err() {
             return State::Cleanup;
         }
-        let spec = self.pod.spec.clone().unwrap_or_default();
-        let grace = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(spec.termination_grace_period_seconds)
-            .unwrap_or(30)
-            .max(0);
-        let deadline = Instant::now() + Duration::from_secs(grace as u64);
-        let running = |listed: &[runtime::container::ContainerStatus]| -> Vec<String> {
-            listed
-                .iter()
-                .filter(|s| s.state == runtime::container::ContainerState::Running)
-                .map(|s| s.id.clone())
-                .collect()
-        };
+        let grace = self.pod_grace();
         let Some(shim) = self.shim.as_mut() else {
             return State::Cleanup;
         };
-        let ids = running(&shim.list().await.unwrap_or_default());
-        for id in &ids {
-            let _ = shim
-                .kill(id, nix::sys::signal::Signal::SIGTERM as i32)
-                .await;
+        let running: Vec<String> = shim
+            .list()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.state == runtime::container::ContainerState::Running)
+            .map(|s| s.id)
+            .collect();
+        let prefix = format!("{}-", self.record.uid);
+        let mut kills = JoinSet::new();
+        for id in running {
+            // Runtime ids are `<pod uid>-<attempt>-<container name>`.
+            let name = id
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('-'))
+                .map(|(_, name)| name.to_string())
+                .unwrap_or_default();
+            let kill = self.container_kill(&name, &id, format!("Stopping container {name}"), grace);
+            kills.spawn(kill.run());
         }
-        let mut killed = false;
         loop {
-            let listed = match self.shim.as_mut() {
-                Some(shim) => shim.list().await.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let left = running(&listed);
-            if left.is_empty() {
-                break;
-            }
-            let now = Instant::now();
-            if killed && now >= deadline + KILL_WAIT {
-                break;
-            }
-            if !killed && now >= deadline {
-                if let Some(shim) = self.shim.as_mut() {
-                    for id in &left {
-                        let _ = shim
-                            .kill(id, nix::sys::signal::Signal::SIGKILL as i32)
-                            .await;
-                    }
-                }
-                killed = true;
-            }
-            self.take_update();
-            if self.shutdown.is_cancelled() {
-                return State::Terminating;
-            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return State::Terminating,
-                _ = self.exits_rx.recv() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                done = kills.join_next() => if done.is_none() { break },
             }
         }
+        self.take_update();
         // The containers' final states, as the kubelet reports them before the object goes.
         if !self.gone && self.refresh().await.is_ok() {
             let _ = self.write_status().await;
@@ -1498,6 +1781,17 @@ impl PodWorker {
     }
 }
 
+/// An image name as upstream's `applyDefaultImageTag` shows it in Events: `:latest` added when
+/// it has neither tag nor digest.
+fn with_default_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
 /// The containers' hostPorts, for the CNI `portMappings` capability (hostNetwork pods use the
 /// host's ports directly and need none).
 fn port_mappings(pod: &Pod) -> Vec<PortMapping> {
@@ -1576,6 +1870,12 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(10)), "10s");
         assert_eq!(go_duration(Duration::from_secs(160)), "2m40s");
         assert_eq!(go_duration(MAX_BACKOFF), "5m0s");
+        assert_eq!(go_duration(Duration::from_millis(1234)), "1.234s");
+        assert_eq!(go_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(go_duration(Duration::from_micros(1500)), "1.5ms");
+        assert_eq!(go_duration(Duration::from_millis(62_050)), "1m2.05s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
     }
 
     #[test]
