@@ -18,7 +18,9 @@ use serde_json::json;
 /// Correlated events remembered at most (client-go's cache holds 4096).
 const CORRELATION_CACHE_SIZE: usize = 4096;
 
-/// (namespace, involved object's UID, type, reason, message): what makes two events the same.
+/// (namespace, involved object's UID and fieldPath, type, reason, message): what makes two
+/// events the same (client-go's `getEventKey` also keys on the field path, so one container's
+/// events never count another's).
 type CorrelationKey = (String, String, &'static str, String, String);
 
 /// The two event types Kubernetes knows.
@@ -113,7 +115,11 @@ impl EventRecorder {
         let now = jiff::Timestamp::now();
         let key = (
             namespace.clone(),
-            object.uid.clone().unwrap_or_else(|| object_name.clone()),
+            format!(
+                "{}/{}",
+                object.uid.clone().unwrap_or_else(|| object_name.clone()),
+                object.field_path.clone().unwrap_or_default()
+            ),
             type_.as_str(),
             reason.to_string(),
             message.clone(),

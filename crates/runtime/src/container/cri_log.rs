@@ -51,11 +51,11 @@ impl LogFile {
 
     /// Appends whole lines, rotating first when the file is full.
     fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
-        if self.max_size > 0 && self.size > 0 && self.size + lines.len() as u64 > self.max_size {
-            if let Err(e) = self.rotate() {
-                // Keep logging into the full file rather than lose output.
-                eprintln!("skiff shim: rotating {:?}: {e}", self.path);
-            }
+        let full =
+            self.max_size > 0 && self.size > 0 && self.size + lines.len() as u64 > self.max_size;
+        // On failure, keep logging into the full file rather than lose output.
+        if full && let Err(e) = self.rotate() {
+            eprintln!("skiff shim: rotating {:?}: {e}", self.path);
         }
         self.file.write_all(lines)?;
         self.size += lines.len() as u64;
@@ -72,7 +72,10 @@ impl LogFile {
             n += 1;
         }
         std::fs::rename(&self.path, &rotated)?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         self.prune()
     }
@@ -263,7 +266,10 @@ mod tests {
         names.sort();
         assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(names[0], "0.log");
-        assert!(names[1..].iter().all(|n| n.starts_with("0.log.")), "{names:?}");
+        assert!(
+            names[1..].iter().all(|n| n.starts_with("0.log.")),
+            "{names:?}"
+        );
         let live = std::fs::read_to_string(&path).expect("live");
         assert!(live.len() <= 200, "{}", live.len());
         assert!(live.ends_with("stderr F line 039\n"), "{live}");
