@@ -300,3 +300,81 @@ spec:
     drop(registry);
     env.delete_all_and_check_clean();
 }
+
+#[test]
+fn config_map_secret_and_downward_api_volumes() {
+    let env = NodeEnv::start("volumes", &["--sync-frequency", "2s"]);
+    let k = &env.k;
+    k.run(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]).ok();
+    // The ConfigMap does not exist yet: the pod waits in ContainerCreating with FailedMount.
+    env.create(
+        "vols",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+  labels: {app: vols, tier: web}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: config
+    configMap: {name: settings}
+  - name: secret
+    secret: {secretName: creds, defaultMode: 0400}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+  - name: all
+    projected:
+      sources:
+      - configMap: {name: settings, items: [{key: greeting, path: cm/greeting}]}
+      - secret: {name: creds}
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sleep", "1000"]
+    volumeMounts:
+    - {name: config, mountPath: /etc/config}
+    - {name: secret, mountPath: /etc/secret}
+    - {name: info, mountPath: /etc/info}
+    - {name: all, mountPath: /etc/all}
+"#,
+    );
+    env.wait_row("vols", "ContainerCreating", Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = k.run(&["get", "events", "--field-selector", "involvedObject.name=vols,reason=FailedMount", "-o", "jsonpath={.items[*].message}"]).ok().stdout;
+        if events.contains(r#"MountVolume.SetUp failed for volume "config" : configmap "settings" not found"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no FailedMount event: {events}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    k.run(&["create", "configmap", "settings", "--from-literal=greeting=hello"]).ok();
+    env.wait("vols", "--for=condition=Ready", "60s");
+    let read = |path: &str| k.run(&["exec", "vols", "--", "cat", path]).ok().stdout;
+    assert_eq!(read("/etc/config/greeting"), "hello");
+    assert_eq!(read("/etc/secret/password"), "s3cret");
+    assert_eq!(read("/etc/info/labels"), "app=\"vols\"\ntier=\"web\"");
+    assert_eq!(read("/etc/info/name"), "vols");
+    assert_eq!(read("/etc/all/cm/greeting"), "hello");
+    assert_eq!(read("/etc/all/password"), "s3cret");
+    let mode = k.run(&["exec", "vols", "--", "stat", "-L", "-c", "%a", "/etc/secret/password"]);
+    if mode.status.success() {
+        assert_eq!(mode.stdout.trim(), "400");
+    }
+    // Read-only for the container.
+    let out = k.run(&["exec", "vols", "--", "sh", "-c", "echo x > /etc/config/new"]);
+    assert!(!out.status.success(), "wrote into a configMap volume");
+    // An edited ConfigMap reaches the running container.
+    k.run(&["patch", "configmap", "settings", "--type=merge", "-p", r#"{"data":{"greeting":"bonjour"}}"#]).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read("/etc/config/greeting") != "bonjour" {
+        assert!(std::time::Instant::now() < deadline, "the edit never reached the volume");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    env.delete_all_and_check_clean();
+}

@@ -92,6 +92,9 @@ pub struct AgentConfig {
     pub registry: runtime::image::pull::RegistryConfig,
     /// The first crash-loop back-off; it doubles up to 300 s (upstream 10 s).
     pub backoff_base: Duration,
+    /// How often running pods' configMap/secret/downwardAPI volumes are refreshed (the
+    /// kubelet's `--sync-frequency`, 1 minute).
+    pub sync_frequency: Duration,
     /// `status.capacity.pods`.
     pub max_pods: u32,
     /// The kubelet server's port, advertised in `daemonEndpoints`.
@@ -127,6 +130,7 @@ impl AgentConfig {
             status_update: Duration::from_secs(60),
             registry: runtime::image::pull::RegistryConfig::default(),
             backoff_base: Duration::from_secs(10),
+            sync_frequency: Duration::from_secs(60),
             max_pods: 110,
             kubelet_port: 10250,
             node_ip,
@@ -150,6 +154,7 @@ impl AgentConfig {
             ("lease_renew", self.lease_renew),
             ("status_update", self.status_update),
             ("backoff_base", self.backoff_base),
+            ("sync_frequency", self.sync_frequency),
         ] {
             if value.is_zero() {
                 return Err(AgentError::Config(format!(

@@ -104,7 +104,7 @@ pub async fn resolve(
     client: &kube::Client,
     pod: &Pod,
     volume: &Volume,
-    downward: &dyn DownwardValues,
+    downward: &(dyn DownwardValues + Sync),
 ) -> Result<Payload, VolumeSourceError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut payload = Payload::new();
@@ -148,7 +148,7 @@ async fn projected_source(
     pod: &Pod,
     source: &VolumeProjection,
     mode: u32,
-    downward: &dyn DownwardValues,
+    downward: &(dyn DownwardValues + Sync),
     payload: &mut Payload,
 ) -> Result<(), VolumeSourceError> {
     if let Some(cm) = &source.config_map {
@@ -286,7 +286,7 @@ fn downward_file(
     pod: &Pod,
     item: &DownwardAPIVolumeFile,
     default_mode: u32,
-    downward: &dyn DownwardValues,
+    downward: &(dyn DownwardValues + Sync),
 ) -> Result<(), VolumeSourceError> {
     let path = checked_path(&item.path)?;
     let fail = |reason: String| VolumeSourceError::Downward {

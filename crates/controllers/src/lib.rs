@@ -139,6 +139,14 @@ pub async fn run_all(ctx: Context) {
                         async move { pod_gc::run(ctx, cancel).await.map_err(|e| e.to_string()) }
                             .boxed()
                     }),
+                    run("replicaset", |ctx, cancel| {
+                        async move {
+                            replicaset::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
                     run("serviceaccount", |ctx, cancel| {
                         async move {
                             serviceaccount::run(ctx, cancel)

@@ -81,6 +81,10 @@ pub struct NodeFlags {
     /// First container restart back-off (doubles up to 300s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub restart_backoff: Duration,
+    /// How often running pods' configMap, secret and downwardAPI volumes are refreshed
+    /// (the kubelet's flag, 1m).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub sync_frequency: Duration,
     /// How often the node renews its Lease.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub node_lease_renew: Duration,
@@ -354,6 +358,7 @@ mod tests {
                 registry_mirrors: vec![],
                 plain_http_registries: vec![],
                 restart_backoff: Duration::from_secs(10),
+                sync_frequency: Duration::from_secs(60),
                 node_lease_renew: Duration::from_secs(10),
             },
             leader_lease_duration: Duration::from_secs(15),

@@ -34,6 +34,7 @@ pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdo
     config.log_root = flags.log_root.clone();
     config.cgroup_root = flags.cgroup_root.clone();
     config.backoff_base = flags.restart_backoff;
+    config.sync_frequency = flags.sync_frequency;
     config.lease_renew = flags.node_lease_renew;
     config.registry.mirrors = crate::config::parse_mirrors("--registry-mirror", &flags.registry_mirrors).map_err(anyhow::Error::msg)?;
     config.registry.plain_http = flags.plain_http_registries.clone();

@@ -132,7 +132,11 @@ pub fn expand(input: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
 
 /// A downward-API `fieldRef` value (the fields upstream allows in env).
 fn field_ref(path: &str, env: &ContainerEnvironment<'_>) -> Option<String> {
-    let pod = env.pod;
+    pod_field(env.pod, &env.host_ip, &env.pod_ips, path)
+}
+
+/// A downward-API `fieldRef` value of `pod` on this node, for env and volumes alike.
+pub(crate) fn pod_field(pod: &Pod, host_ip: &str, pod_ips: &[String], path: &str) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
@@ -145,10 +149,10 @@ fn field_ref(path: &str, env: &ContainerEnvironment<'_>) -> Option<String> {
         "metadata.uid" => meta.uid.clone(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-        "status.hostIP" => Some(env.host_ip.clone()),
-        "status.hostIPs" => Some(env.host_ip.clone()),
-        "status.podIP" => Some(env.pod_ips.first().cloned().unwrap_or_default()),
-        "status.podIPs" => Some(env.pod_ips.join(",")),
+        "status.hostIP" => Some(host_ip.to_string()),
+        "status.hostIPs" => Some(host_ip.to_string()),
+        "status.podIP" => Some(pod_ips.first().cloned().unwrap_or_default()),
+        "status.podIPs" => Some(pod_ips.join(",")),
         _ => keyed("metadata.labels['", meta.labels.as_ref())
             .or_else(|| keyed("metadata.annotations['", meta.annotations.as_ref())),
     }
@@ -348,7 +352,7 @@ fn container_env(
 /// A `resourceFieldRef` (`limits.memory`, `requests.cpu` …) divided by its divisor, rounded up
 /// as upstream's `ExtractContainerResourceValue`. Unset limits report the node's capacity
 /// upstream; here they report 0 for want of the allocatable value.
-fn resource_field(
+pub(crate) fn resource_field(
     container: &Container,
     resource: &str,
     divisor: Option<&str>,

@@ -27,6 +27,7 @@ pub(crate) const PROBE_WARNING: &str = "ProbeWarning";
 pub(crate) const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
 pub(crate) const FAILED_PRE_STOP_HOOK: &str = "FailedPreStopHook";
 pub(crate) const LIFECYCLE_HTTP_FALLBACK: &str = "LifecycleHTTPFallback";
+pub(crate) const FAILED_MOUNT: &str = "FailedMount";
 
 struct Pending {
     object: ObjectReference,

@@ -6,6 +6,8 @@
 //! <pod_dir>/pod.json                              namespace, name, uid, hostNetwork
 //! <pod_dir>/etc-hosts, resolv.conf
 //! <pod_dir>/volumes/kubernetes.io~empty-dir/<v>  emptyDir (a tmpfs mount for medium Memory)
+//! <pod_dir>/volumes/kubernetes.io~configmap/<v>   configMap (and ~downward-api) on disk
+//! <pod_dir>/volumes/kubernetes.io~secret/<v>      secret (and ~projected) on tmpfs, never disk
 //! <pod_dir>/containers/<name>/                    rootfs, upper, work, termination-log
 //! ```
 
@@ -159,6 +161,10 @@ pub fn prepare_volumes(
         .into_iter()
         .flatten()
     {
+        // Their files come from the API: the worker fills them (`api_volume_dir`).
+        if crate::volume_sources::is_api_volume(volume) {
+            continue;
+        }
         match prepare_volume(pod_dir, volume) {
             Ok(v) => {
                 ready.insert(volume.name.clone(), v);
@@ -257,16 +263,57 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
     }
 }
 
+/// The directory of a configMap, secret, downwardAPI or projected volume, made (on tmpfs for
+/// secrets and projections, which may hold them) and ready for its payload. Upstream's
+/// plugin directory names, so tools that know the kubelet's layout find them.
+pub fn api_volume_dir(pod_dir: &Path, volume: &Volume) -> Result<PathBuf, SandboxError> {
+    let (plugin, in_memory) = if volume.secret.is_some() {
+        ("kubernetes.io~secret", true)
+    } else if volume.projected.is_some() {
+        ("kubernetes.io~projected", true)
+    } else if volume.downward_api.is_some() {
+        ("kubernetes.io~downward-api", false)
+    } else {
+        ("kubernetes.io~configmap", false)
+    };
+    let path = pod_dir.join("volumes").join(plugin).join(&volume.name);
+    fs::create_dir_all(&path).map_err(|source| SandboxError::Io {
+        step: "creating volume directory",
+        path: path.clone(),
+        source,
+    })?;
+    if in_memory && !runtime::image::snapshot::is_mounted(&path) {
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755"),
+        )
+        .map_err(|source| SandboxError::Mount {
+            step: "mounting tmpfs for volume",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(path)
+}
+
 /// Unmounts the pod's tmpfs volumes and removes its directory. Idempotent.
 pub fn remove(pod_dir: &Path) -> Result<(), SandboxError> {
-    let empty = pod_dir.join(EMPTY_DIR);
-    if let Ok(entries) = fs::read_dir(&empty) {
+    let plugins = ["kubernetes.io~secret", "kubernetes.io~projected"];
+    let dirs = std::iter::once(pod_dir.join(EMPTY_DIR))
+        .chain(plugins.iter().map(|p| pod_dir.join("volumes").join(p)));
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             while runtime::image::snapshot::is_mounted(&path) {
                 nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(|source| {
                     SandboxError::Mount {
-                        step: "unmounting emptyDir",
+                        step: "unmounting a tmpfs volume",
                         path: path.clone(),
                         source,
                     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, HostIP, LifecycleHandler, ObjectReference, Pod, PodIP,
-    PodStatus, Secret,
+    PodStatus, Secret, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
@@ -224,6 +224,8 @@ pub(crate) struct PodWorker {
     watchers: JoinSet<()>,
     last_status: Option<Value>,
     start_time: Option<Time>,
+    /// When the configMap/secret/downwardAPI/projected volumes were last written.
+    api_volumes_at: Option<Instant>,
     events: PodEvents,
 }
 
@@ -274,6 +276,7 @@ impl PodWorker {
             watchers: JoinSet::new(),
             last_status: None,
             start_time,
+            api_volumes_at: None,
             events,
         }
     }
@@ -578,6 +581,7 @@ impl PodWorker {
             volumes,
             volume_errors,
         });
+        self.refresh_api_volumes().await;
         if self.start_time.is_none() {
             self.start_time = Some(now());
         }
@@ -910,6 +914,108 @@ impl PodWorker {
         }
     }
 
+    /// When the API-backed volumes should be written again: soon while one failed (upstream
+    /// retries mounts with back-off), else after the kubelet's sync period, so an edited
+    /// ConfigMap or Secret reaches running containers. `None` without such volumes.
+    fn api_volumes_due(&self) -> Option<Instant> {
+        let has_any = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(crate::volume_sources::is_api_volume);
+        if !has_any || self.sandbox.is_none() {
+            return None;
+        }
+        let failing = self
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| !s.volume_errors.is_empty());
+        let every = if failing {
+            API_VOLUME_RETRY
+        } else {
+            self.node.config.sync_frequency
+        };
+        Some(
+            self.api_volumes_at
+                .map_or_else(Instant::now, |at| at + every),
+        )
+    }
+
+    /// Reads every configMap, secret, downwardAPI and projected volume from the API and
+    /// publishes its files atomically. A failure is kept per volume (containers mounting it
+    /// wait in ContainerCreating) and told with a FailedMount Event, as upstream.
+    async fn refresh_api_volumes(&mut self) {
+        self.api_volumes_at = Some(Instant::now());
+        let pod_dir = self.pod_dir();
+        let volumes: Vec<Volume> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter(|v| crate::volume_sources::is_api_volume(v))
+            .cloned()
+            .collect();
+        let fs_group = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|c| c.fs_group)
+            .and_then(|g| u32::try_from(g).ok());
+        let downward = PodDownward {
+            pod: &self.pod,
+            host_ip: self.node.config.node_ip.to_string(),
+            pod_ips: self
+                .sandbox
+                .as_ref()
+                .map(|s| s.network.ips.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+        };
+        let mut results = Vec::new();
+        for volume in &volumes {
+            let written = async {
+                let dir = sandbox::api_volume_dir(&pod_dir, volume).map_err(|e| error_chain(&e))?;
+                let payload =
+                    crate::volume_sources::resolve(&self.node.client, &self.pod, volume, &downward)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                crate::volume_sources::write_atomic(&dir, &payload, fs_group)
+                    .map_err(|e| error_chain(&e))?;
+                Ok::<_, String>(dir)
+            }
+            .await;
+            results.push((volume.name.clone(), written));
+        }
+        let object = events::pod_reference(&self.pod);
+        let Some(sandbox) = self.sandbox.as_mut() else {
+            return;
+        };
+        for (name, written) in results {
+            match written {
+                Ok(dir) => {
+                    sandbox.volume_errors.remove(&name);
+                    sandbox.volumes.insert(
+                        name,
+                        HostVolume {
+                            path: dir,
+                            read_only: true,
+                        },
+                    );
+                }
+                Err(reason) => {
+                    let message =
+                        format!("MountVolume.SetUp failed for volume {name:?} : {reason}");
+                    if sandbox.volume_errors.get(&name) != Some(&message) {
+                        self.events
+                            .warning(object.clone(), events::FAILED_MOUNT, message.clone());
+                    }
+                    sandbox.volume_errors.insert(name, message);
+                }
+            }
+        }
+    }
+
     async fn sync(&mut self) -> State {
         if self.gone {
             return State::Cleanup;
@@ -922,7 +1028,15 @@ impl PodWorker {
             self.retry_later().await;
             return State::Sandbox;
         }
+        let volumes_due = self.api_volumes_due();
+        if volumes_due.is_some_and(|due| due <= Instant::now()) {
+            self.refresh_api_volumes().await;
+        }
         let wake = self.sync_containers().await;
+        let wake = match (wake, self.api_volumes_due()) {
+            (Some(w), Some(v)) => Some(w.min(v)),
+            (w, v) => w.or(v),
+        };
         if let Err(e) = self.write_status().await {
             tracing::warn!(pod = %self.sandbox_ref(), error = %error_chain(&e), "pod status update failed");
             self.last_status = None;
@@ -1233,6 +1347,13 @@ impl PodWorker {
                 });
                 None
             }
+            Err(StartFailure::Mount) => {
+                // FailedMount was recorded when the volume could not be filled.
+                if let Some(t) = self.containers.get_mut(&c.name) {
+                    t.set_waiting("ContainerCreating", None);
+                }
+                None
+            }
             Err(StartFailure::Create(message)) => {
                 if let Some(t) = self.containers.get_mut(&c.name) {
                     t.set_waiting("CreateContainerError", Some(message.clone()));
@@ -1424,7 +1545,18 @@ impl PodWorker {
             .ok_or_else(|| StartFailure::Create("the pod sandbox is not ready".into()))?;
         for vm in c.volume_mounts.iter().flatten() {
             if let Some(message) = sandbox.volume_errors.get(&vm.name) {
-                return Err(StartFailure::Config(message.clone()));
+                let from_api = self
+                    .pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.volumes.iter().flatten())
+                    .any(|v| v.name == vm.name && crate::volume_sources::is_api_volume(v));
+                // The kubelet keeps such a pod in ContainerCreating and retries the mount.
+                return Err(if from_api {
+                    StartFailure::Mount
+                } else {
+                    StartFailure::Config(message.clone())
+                });
             }
         }
         let image_config = self
@@ -1837,7 +1969,45 @@ fn port_mappings(pod: &Pod) -> Vec<PortMapping> {
 }
 
 /// Why a container could not be started, by the waiting reason it maps to.
+/// How often a failing configMap/secret volume is tried again.
+const API_VOLUME_RETRY: Duration = Duration::from_secs(2);
+
+/// The downward API's view of a pod on this node, for its volumes.
+struct PodDownward<'a> {
+    pod: &'a Pod,
+    host_ip: String,
+    pod_ips: Vec<String>,
+}
+
+impl crate::volume_sources::DownwardValues for PodDownward<'_> {
+    fn field(&self, path: &str) -> Option<String> {
+        super::container::pod_field(self.pod, &self.host_ip, &self.pod_ips, path)
+    }
+
+    fn resource(
+        &self,
+        container: &str,
+        resource: &str,
+        divisor: Option<&str>,
+    ) -> Result<String, String> {
+        let spec = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .find(|c| c.name == container)
+            .ok_or_else(|| format!("container {container:?} is not in the pod"))?;
+        super::container::resource_field(spec, resource, divisor)
+    }
+}
+
 enum StartFailure {
+    /// A configMap/secret/… volume it mounts could not be filled yet.
+    Mount,
     Config(String),
     Create(String),
     Start(String),
