@@ -448,7 +448,8 @@ async fn exec_runs_in_the_container_through_the_shim() {
         serde_json::json!({"metadata": {}, "status": "Success"})
     );
 
-    // tty: one output stream, stderr folded into stdout.
+    // tty: a real terminal — one output stream with stderr folded in, and the terminal's
+    // newline translation (onlcr), as with upstream.
     let (out, _, status) = exec(
         &k,
         "command=sh&command=-c&command=echo+err+%3E%262&stdout=true&tty=true",
@@ -456,7 +457,7 @@ async fn exec_runs_in_the_container_through_the_shim() {
         &[],
     )
     .await;
-    assert_eq!(out, "err\n");
+    assert_eq!(out, "err\r\n");
     assert_eq!(status["status"], "Success");
 
     // A command that cannot start: a Failure status.

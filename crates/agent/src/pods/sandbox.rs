@@ -213,7 +213,7 @@ fn prepare_volume(pod_dir: &Path, volume: &Volume) -> Result<HostVolume, String>
         });
     }
     Err(format!(
-        "volume {:?}: this kind of volume is not supported by this node yet (only emptyDir and hostPath are)",
+        "volume {:?}: this kind of volume is not supported by this node yet (emptyDir, hostPath, configMap, secret, downwardAPI and projected are)",
         volume.name
     ))
 }
@@ -382,7 +382,11 @@ mod tests {
             failed["missing"].contains("is not a directory"),
             "{failed:?}"
         );
-        assert!(failed["cm"].contains("not supported"));
+        // API-backed volumes are the worker's to fill, not errors here.
+        assert!(!failed.contains_key("cm") && !ready.contains_key("cm"));
+        let unknown = pod(json!({"volumes": [{"name": "nfs", "nfs": {"server": "s", "path": "/"}}]}));
+        let (_, failed_unknown) = prepare_volumes(&pod_dir, &unknown);
+        assert!(failed_unknown["nfs"].contains("not supported"), "{failed_unknown:?}");
         write_record(
             &pod_dir,
             &PodRecord {
