@@ -15,6 +15,7 @@ pub fn has_generation(res: &Resource) -> bool {
             | ("", "ReplicationController")
             | ("batch", "Job" | "CronJob")
             | ("networking.k8s.io", "Ingress" | "NetworkPolicy")
+            | ("discovery.k8s.io", "EndpointSlice")
             | ("policy", "PodDisruptionBudget")
             | ("autoscaling", "HorizontalPodAutoscaler")
     )

@@ -54,6 +54,8 @@ pub struct ControllersConfig {
     pub node_lifecycle: node_lifecycle::NodeLifecycleConfig,
     /// Pod garbage collection (`--terminated-pod-gc-threshold`, …).
     pub pod_gc: pod_gc::PodGcConfig,
+    /// Endpoints per EndpointSlice (`--max-endpoints-per-slice`, 100).
+    pub max_endpoints_per_slice: usize,
 }
 
 impl Default for ControllersConfig {
@@ -70,6 +72,7 @@ impl Default for ControllersConfig {
             node_cidr_mask: 24,
             node_lifecycle: node_lifecycle::NodeLifecycleConfig::default(),
             pod_gc: pod_gc::PodGcConfig::default(),
+            max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
         }
     }
 }
@@ -111,6 +114,22 @@ pub async fn run_all(ctx: Context) {
                     supervise_with(name, leading.clone(), ctx.clone(), start)
                 };
                 futures::future::join_all([
+                    run("endpoints", |ctx, cancel| {
+                        async move { endpoints::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                            .boxed()
+                    }),
+                    run("endpointslice", |ctx, cancel| {
+                        async move {
+                            let options = endpointslice::EndpointSliceOptions {
+                                max_endpoints_per_slice: ctx.config.max_endpoints_per_slice,
+                                ..Default::default()
+                            };
+                            endpointslice::run_with(ctx, cancel, options)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
                     run("garbage-collector", |ctx, cancel| {
                         async move {
                             garbage_collector::run(ctx, cancel)

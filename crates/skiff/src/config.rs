@@ -192,6 +192,9 @@ pub struct ServerFlags {
     /// Terminated pods kept before the oldest are deleted (upstream 12500).
     #[arg(long, default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
+    /// Endpoints per EndpointSlice (upstream 100, at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_endpoints_per_slice: u16,
 }
 
 /// This machine's host name, for leader identities and the default Node name.
@@ -292,6 +295,7 @@ impl ServerConfig {
                     terminated_pod_threshold: f.terminated_pod_gc_threshold,
                     ..Default::default()
                 },
+                max_endpoints_per_slice: usize::from(f.max_endpoints_per_slice),
             },
         })
     }
@@ -368,6 +372,7 @@ mod tests {
             node_monitor_grace_period: Duration::from_secs(50),
             node_startup_grace_period: Duration::from_secs(60),
             terminated_pod_gc_threshold: 12500,
+            max_endpoints_per_slice: 100,
         }
     }
 
