@@ -9,6 +9,8 @@
 //! * `network`: the pod sandbox's network (CNI through `net`, or the host's).
 //! * `volume_sources`: configMap, secret, downwardAPI and projected volumes, written
 //!   atomically like the kubelet's AtomicWriter.
+//! * `service_proxy`: Services and EndpointSlices → the node's nftables dataplane
+//!   (`net::proxy`), like kube-proxy's nftables mode.
 //! * `server`: the kubelet HTTP server (logs, exec) the API server proxies `pods/log` and
 //!   `pods/exec` to.
 
@@ -17,4 +19,5 @@ pub mod node;
 pub mod paths;
 pub mod pods;
 pub mod server;
+pub mod service_proxy;
 pub mod volume_sources;

@@ -72,6 +72,10 @@ pub struct NodeFlags {
     /// config there unless one exists.
     #[arg(long)]
     pub cni_conf_dir: Option<PathBuf>,
+    /// The pod network of the whole cluster: the server gives each node a /24 of it, and the
+    /// node's service proxy masquerades traffic to Services from outside it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
     /// Registry mirror, HOST=URL (e.g. docker.io=http://127.0.0.1:5000); repeatable.
     #[arg(long = "registry-mirror")]
     pub registry_mirrors: Vec<String>,
@@ -167,9 +171,6 @@ pub struct ServerFlags {
     pub disable_agent: bool,
     #[command(flatten)]
     pub node: NodeFlags,
-    /// The pod network; each node gets a /24 from it.
-    #[arg(long, default_value = "10.42.0.0/16")]
-    pub cluster_cidr: String,
     /// Leader election: how long a leader Lease is valid (upstream 15s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub leader_lease_duration: Duration,
@@ -261,7 +262,7 @@ impl ServerConfig {
             ));
         }
         let cluster_cidr: controllers::node_ipam::Ipv4Cidr =
-            f.cluster_cidr.parse().map_err(|e| format!("--cluster-cidr: {e}"))?;
+            f.node.cluster_cidr.parse().map_err(|e| format!("--cluster-cidr: {e}"))?;
         if cluster_cidr.prefix > 24 {
             return Err(format!("--cluster-cidr {cluster_cidr}: must be /24 or larger (each node gets a /24)"));
         }
@@ -349,7 +350,6 @@ mod tests {
             history_retention: "5m".into(),
             log_level: "info".into(),
             worker_threads: None,
-            cluster_cidr: "10.42.0.0/16".into(),
             disable_agent: true,
             node: NodeFlags {
                 node_name: None,
@@ -359,6 +359,7 @@ mod tests {
                 cgroup_root: "skiff".into(),
                 cni_bin_dir: "/usr/lib/cni".into(),
                 cni_conf_dir: None,
+                cluster_cidr: "10.42.0.0/16".into(),
                 registry_mirrors: vec![],
                 plain_http_registries: vec![],
                 restart_backoff: Duration::from_secs(10),

@@ -60,8 +60,28 @@ pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdo
     tracing::info!(node = %node_name, ip = %node_ip, kubelet_port = config.kubelet_port, "starting the node");
 
     let server = tokio::spawn(agent::server::serve(listener, paths, shutdown.clone()));
+    // Services: this node's nftables dataplane, fed by the API like kube-proxy.
+    let cluster_cidr: net::proxy::Ipv4Cidr =
+        flags.cluster_cidr.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr {:?}: {e}", flags.cluster_cidr))?;
+    let node_ips = match node_ip {
+        std::net::IpAddr::V4(ip) => vec![ip],
+        std::net::IpAddr::V6(_) => vec![],
+    };
+    let proxy_node = net::proxy::NodeConfig::new(node_name.clone(), node_ips, vec![cluster_cidr])
+        .map_err(|e| anyhow::anyhow!("service proxy: {e}"))?;
+    let proxy_metrics = Arc::new(std::sync::Mutex::new(net::proxy::ProxyMetrics::default()));
+    let proxy = tokio::spawn(agent::service_proxy::run(
+        client.clone(),
+        agent::service_proxy::ServiceProxyConfig::new(proxy_node),
+        net::proxy::NftCli::new(),
+        proxy_metrics,
+        shutdown.clone(),
+    ));
     let result = agent::node::run(config, client, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
+    if let Ok(Err(e)) = proxy.await {
+        tracing::error!(error = %e, "the service proxy failed");
+    }
     result.map_err(|e| anyhow::anyhow!("the node agent failed: {e}"))
 }
