@@ -11,6 +11,7 @@
 //! * `node_lifecycle`: marks nodes with stale Leases unreachable, taints them, evicts pods.
 //! * `pod_gc`: removes pods of vanished nodes and terminated pods beyond a threshold.
 //! * `serviceaccount`: a `default` ServiceAccount in every namespace.
+//! * `service_lb`: LoadBalancer Services get the nodes' addresses (like k3s's ServiceLB).
 //! * `endpoints`, `endpointslice`: the backends of each Service from its pods' readiness.
 //! * `events`: the Event recorder all of them (and the scheduler) share.
 //!
@@ -28,6 +29,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pod_gc;
 pub mod replicaset;
+pub mod service_lb;
 pub mod serviceaccount;
 
 use std::time::Duration;
@@ -161,6 +163,14 @@ pub async fn run_all(ctx: Context) {
                     run("replicaset", |ctx, cancel| {
                         async move {
                             replicaset::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
+                    run("service-lb", |ctx, cancel| {
+                        async move {
+                            service_lb::run(ctx, cancel)
                                 .await
                                 .map_err(|e| e.to_string())
                         }

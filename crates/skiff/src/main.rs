@@ -122,11 +122,13 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     ))
     .context("cannot build the controllers' API client")?;
     let client_for_node = client.clone();
-    let controllers = tokio::spawn(controllers::run_all(controllers::Context {
+    let controllers_ctx = controllers::Context {
         client,
         config: config.controllers.clone(),
         shutdown: shutdown.clone(),
-    }));
+    };
+    let scheduler = tokio::spawn(run_scheduler(controllers_ctx.clone()));
+    let controllers = tokio::spawn(controllers::run_all(controllers_ctx));
     let node = config.node.clone().map(|flags| {
         let (client, shutdown, data_dir) = (client_for_node.clone(), shutdown.clone(), config.data_dir.clone());
         tokio::spawn(async move {
@@ -144,11 +146,43 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     signals.abort();
     // Controllers release their leader Lease on the way out; the API server is gone by now, so
     // give them a moment and no more.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), controllers).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = tokio::join!(controllers, scheduler);
+    })
+    .await;
     let _ = compactor.await;
     drop(store);
     tracing::info!("skiff server stopped");
     result.context("the API server failed")
+}
+
+/// The scheduler, under its own leader Lease (upstream's kube-scheduler lease), restarted
+/// after a pause if it fails while leading.
+async fn run_scheduler(ctx: controllers::Context) {
+    let work_ctx = ctx.clone();
+    let result = controllers::leader::run_with_leadership(ctx, scheduler::LEADER_LEASE, move |leading| {
+        let ctx = work_ctx.clone();
+        async move {
+            let mut pause = std::time::Duration::from_secs(1);
+            while !leading.is_cancelled() {
+                match scheduler::run(ctx.clone(), leading.child_token()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the scheduler failed; restarting");
+                        tokio::select! {
+                            _ = leading.cancelled() => return,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "leader election failed; the scheduler is not running");
+    }
 }
 
 async fn run_agent(flags: config::AgentFlags) -> anyhow::Result<()> {

@@ -1,0 +1,297 @@
+//! PodTopologySpread: `DoNotSchedule` constraints reject a node when placing the pod there
+//! would make its domain exceed `maxSkew` over the least-loaded domain; `ScheduleAnyway`
+//! constraints score domains with fewer matching pods higher (upstream weights each constraint
+//! by `ln(domains + 2)`).
+//!
+//! Only nodes that pass the constraint's node inclusion policies (nodeAffinityPolicy Honor by
+//! default, nodeTaintsPolicy Ignore by default) and carry every constraint's topology key form
+//! domains.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Code, MAX_NODE_SCORE, Plugin, Status};
+use crate::cache::{Cache, NodeInfo};
+use crate::pod_info::{PodInfo, SpreadConstraint};
+
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// Matching pods on one node (same namespace, not terminating, selected).
+fn count_on_node(c: &SpreadConstraint, pod: &PodInfo, node: &NodeInfo) -> i64 {
+    node.pods
+        .iter()
+        .filter(|p| p.namespace == pod.namespace && !p.terminating && c.selector.matches(&p.labels))
+        .count() as i64
+}
+
+fn included(c: &SpreadConstraint, pod: &PodInfo, node: &NodeInfo) -> bool {
+    if c.honor_node_affinity && !pod.required_node_affinity.matches(&node.name, &node.labels) {
+        return false;
+    }
+    if c.honor_node_taints && super::taint_toleration::filter(pod, node).is_some() {
+        return false;
+    }
+    true
+}
+
+fn has_all_keys(constraints: &[&SpreadConstraint], node: &NodeInfo) -> bool {
+    constraints
+        .iter()
+        .all(|c| node.labels.contains_key(&c.topology_key))
+}
+
+/// PreFilter state for the hard constraints.
+#[derive(Clone, Debug)]
+pub struct FilterState {
+    constraints: Vec<SpreadConstraint>,
+    counts: Vec<HashMap<String, i64>>,
+}
+
+pub fn pre_filter(pod: &PodInfo, cache: &Cache) -> Option<FilterState> {
+    let hard: Vec<&SpreadConstraint> = pod.spread.iter().filter(|c| c.hard).collect();
+    if hard.is_empty() {
+        return None;
+    }
+    let mut counts = vec![HashMap::new(); hard.len()];
+    for node in cache.nodes() {
+        if !has_all_keys(&hard, node) {
+            continue;
+        }
+        for (i, c) in hard.iter().enumerate() {
+            if !included(c, pod, node) {
+                continue;
+            }
+            let value = node
+                .labels
+                .get(&c.topology_key)
+                .cloned()
+                .unwrap_or_default();
+            *counts[i].entry(value).or_insert(0) += count_on_node(c, pod, node);
+        }
+    }
+    Some(FilterState {
+        constraints: hard.into_iter().cloned().collect(),
+        counts,
+    })
+}
+
+impl FilterState {
+    fn min_match(&self, i: usize) -> i64 {
+        let counts = &self.counts[i];
+        if (counts.len() as i64) < self.constraints[i].min_domains {
+            return 0;
+        }
+        counts.values().copied().min().unwrap_or(0)
+    }
+
+    pub fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Option<Status> {
+        for (i, c) in self.constraints.iter().enumerate() {
+            let Some(value) = node.labels.get(&c.topology_key) else {
+                return Some(Status::new(
+                    Code::UnschedulableAndUnresolvable,
+                    Plugin::PodTopologySpread,
+                    "node(s) didn't match pod topology spread constraints (missing required label)",
+                ));
+            };
+            let self_match = i64::from(c.selector.matches(&pod.labels));
+            let matched = self.counts[i].get(value).copied().unwrap_or(0);
+            if matched + self_match - self.min_match(i) > c.max_skew {
+                return Some(Status::new(
+                    Code::Unschedulable,
+                    Plugin::PodTopologySpread,
+                    "node(s) didn't match pod topology spread constraints",
+                ));
+            }
+        }
+        None
+    }
+
+    /// Preemption's RemovePod/AddPod extensions.
+    pub fn adjust(&mut self, pod: &PodInfo, existing: &PodInfo, node: &NodeInfo, by: i64) {
+        if existing.namespace != pod.namespace || existing.terminating {
+            return;
+        }
+        for (i, c) in self.constraints.iter().enumerate() {
+            if !c.selector.matches(&existing.labels) {
+                continue;
+            }
+            if let Some(v) = node.labels.get(&c.topology_key)
+                && let Some(n) = self.counts[i].get_mut(v)
+            {
+                *n += by;
+            }
+        }
+    }
+}
+
+/// PreScore state for the soft constraints.
+pub struct ScoreState<'a> {
+    constraints: Vec<&'a SpreadConstraint>,
+    weights: Vec<f64>,
+    counts: Vec<HashMap<String, i64>>,
+}
+
+pub fn pre_score<'a>(
+    pod: &'a PodInfo,
+    nodes: &[&NodeInfo],
+    cache: &Cache,
+) -> Option<ScoreState<'a>> {
+    let soft: Vec<&SpreadConstraint> = pod.spread.iter().filter(|c| !c.hard).collect();
+    if soft.is_empty() {
+        return None;
+    }
+    let mut domains: Vec<HashSet<&str>> = vec![HashSet::new(); soft.len()];
+    let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); soft.len()];
+    for node in nodes.iter().filter(|n| has_all_keys(&soft, n)) {
+        for (i, c) in soft.iter().enumerate() {
+            if let Some(v) = node.labels.get(&c.topology_key) {
+                domains[i].insert(v);
+                if c.topology_key != HOSTNAME_LABEL {
+                    counts[i].entry(v.clone()).or_insert(0);
+                }
+            }
+        }
+    }
+    for node in cache.nodes() {
+        if !has_all_keys(&soft, node) {
+            continue;
+        }
+        for (i, c) in soft.iter().enumerate() {
+            if c.topology_key == HOSTNAME_LABEL || !included(c, pod, node) {
+                continue;
+            }
+            let Some(v) = node.labels.get(&c.topology_key) else {
+                continue;
+            };
+            if let Some(n) = counts[i].get_mut(v) {
+                *n += count_on_node(c, pod, node);
+            }
+        }
+    }
+    let weights = soft
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let size = if c.topology_key == HOSTNAME_LABEL {
+                nodes.len()
+            } else {
+                domains[i].len()
+            };
+            ((size + 2) as f64).ln()
+        })
+        .collect();
+    Some(ScoreState {
+        constraints: soft,
+        weights,
+        counts,
+    })
+}
+
+impl ScoreState<'_> {
+    pub fn scores(&self, pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let raw: Vec<Option<i64>> = nodes
+            .iter()
+            .map(|node| {
+                if !has_all_keys(&self.constraints, node) {
+                    return None;
+                }
+                let mut score = 0.0;
+                for (i, c) in self.constraints.iter().enumerate() {
+                    let value = node.labels.get(&c.topology_key)?;
+                    let cnt = if c.topology_key == HOSTNAME_LABEL {
+                        count_on_node(c, pod, node)
+                    } else {
+                        self.counts[i].get(value).copied().unwrap_or(0)
+                    };
+                    score += cnt as f64 * self.weights[i] + (c.max_skew - 1) as f64;
+                }
+                Some(score.round() as i64)
+            })
+            .collect();
+        let present = raw.iter().flatten();
+        let min = present.clone().copied().min().unwrap_or(0);
+        let max = present.copied().max().unwrap_or(0);
+        raw.iter()
+            .map(|s| match s {
+                None => 0,
+                Some(_) if max == 0 => MAX_NODE_SCORE,
+                Some(s) => MAX_NODE_SCORE * (max + min - s) / max,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn node(name: &str, zone: Option<&str>) -> Arc<k8s_openapi::api::core::v1::Node> {
+        let labels = match zone {
+            Some(z) => json!({"zone": z}),
+            None => json!({}),
+        };
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+                "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "10"}}}))
+            .expect("node"),
+        )
+    }
+
+    fn pod(name: &str, node: Option<&str>, when: &str) -> Arc<PodInfo> {
+        Arc::new(PodInfo::new(
+            Arc::new(
+                serde_json::from_value(
+                    json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": "web"}},
+                    "spec": {"nodeName": node, "containers": [], "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": when,
+                        "labelSelector": {"matchLabels": {"app": "web"}}
+                    }]}}),
+                )
+                .expect("pod"),
+            ),
+            0,
+        ))
+    }
+
+    #[test]
+    fn do_not_schedule_enforces_max_skew_and_labels() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("a", Some("z1")));
+        cache.upsert_node(node("b", Some("z2")));
+        cache.upsert_node(node("bare", None));
+        cache.add_pod(pod("w0", Some("a"), "DoNotSchedule"));
+        let p = pod("w1", None, "DoNotSchedule");
+        let s = pre_filter(&p, &cache).expect("state");
+        // z1 has 1, z2 has 0: another in z1 makes skew 2.
+        assert_eq!(
+            s.filter(&p, cache.node("a").expect("a"))
+                .expect("skew")
+                .reasons,
+            vec!["node(s) didn't match pod topology spread constraints"]
+        );
+        assert!(s.filter(&p, cache.node("b").expect("b")).is_none());
+        assert_eq!(
+            s.filter(&p, cache.node("bare").expect("bare"))
+                .expect("label")
+                .code,
+            Code::UnschedulableAndUnresolvable
+        );
+    }
+
+    #[test]
+    fn schedule_anyway_prefers_the_emptier_domain() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("a", Some("z1")));
+        cache.upsert_node(node("b", Some("z2")));
+        cache.add_pod(pod("w0", Some("a"), "ScheduleAnyway"));
+        cache.add_pod(pod("w1", Some("a"), "ScheduleAnyway"));
+        let p = pod("w2", None, "ScheduleAnyway");
+        let nodes = [cache.node("a").expect("a"), cache.node("b").expect("b")];
+        let scores = pre_score(&p, &nodes, &cache)
+            .expect("soft")
+            .scores(&p, &nodes);
+        assert!(scores[1] > scores[0], "{scores:?}");
+        assert_eq!(scores[1], MAX_NODE_SCORE);
+    }
+}
