@@ -242,6 +242,28 @@ spec:
     env.wait("later", "--for=condition=Ready", "60s");
     k.run(&["delete", "pod", "tolerant", "picky", "hungry", "--grace-period=0", "--force"]);
     k.run(&["delete", "node", "node-2"]).ok();
+
+    // Drain honours PodDisruptionBudgets, then evicts.
+    k.run(&["label", "pod", "later", "app=guarded"]).ok();
+    env.create(
+        "pdb",
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: guard\nspec:\n  minAvailable: 1\n  selector: {matchLabels: {app: guarded}}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while k.run(&["get", "pdb", "guard", "-o", "jsonpath={.status.currentHealthy}"]).stdout != "1" {
+        assert!(Instant::now() < deadline, "the PDB never counted its pod");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = k.run(&["drain", "node-1", "--force", "--timeout=4s"]);
+    assert!(!out.status.success(), "drain ignored the budget: {}", out.stdout);
+    assert!(out.stderr.contains("disruption budget"), "{}", out.stderr);
+    let out = k.run(&["get", "node", "node-1"]).ok();
+    assert!(out.stdout.contains("SchedulingDisabled"), "{}", out.stdout);
+    k.run(&["delete", "pdb", "guard"]).ok();
+    let out = k.run(&["drain", "node-1", "--force", "--timeout=60s"]).ok();
+    assert!(out.stdout.contains("node/node-1 drained"), "{}", out.stdout);
+    assert!(k.run(&["get", "pods", "--no-headers"]).stdout.trim().is_empty());
+    k.run(&["uncordon", "node-1"]).ok();
     env.delete_all_and_check_clean();
 }
 

@@ -186,46 +186,129 @@ async fn bind(state: &SharedState, res: &'static Resource, ns: Option<&str>, nam
     Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), ResponseShape::Object, &[]))
 }
 
-/// `POST pods/<name>/eviction`: deletes the pod unless a PodDisruptionBudget forbids it.
+/// `POST pods/<name>/eviction`: deletes the pod unless its PodDisruptionBudget forbids it
+/// (upstream `EvictionREST`). The budget is consumed first — `status.disruptionsAllowed`
+/// decremented and the pod recorded in `status.disruptedPods`, with a compare-and-swap on the
+/// budget — so concurrent evictions (a `kubectl drain` of many pods) can never overdraw it.
 pub async fn eviction(state: &SharedState, res: &'static Resource, ns: Option<&str>, name: &str, headers: &HeaderMap, body: Body) -> ApiResult<Response> {
     let format = rest::body_format(headers)?;
     let raw = codec::read_body(body).await?;
     let eviction = codec::decode_object(format, &raw)?;
     let (pod, _) = rest::get_object(state, res, ns, name).await?;
-    // Terminal pods can always be evicted (upstream: no disruption to count).
-    let terminal = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
-    if !terminal {
-        if let Some(pdb) = catalogue::find("policy", "v1", "poddisruptionbudgets") {
-            let (pdbs, _, _) = rest::list(state, pdb, ns, &Query::default()).await?;
-            let labels = object::labels(&pod);
-            for b in pdbs {
-                let Some(sel) = b.pointer("/spec/selector") else { continue };
-                let Ok(sel) = api::selectors::from_label_selector_json(sel) else { continue };
-                if !sel.matches(&labels) {
-                    continue;
-                }
-                let allowed = b.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
-                if allowed <= 0 {
-                    return Err(ApiError::new(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                    )
-                    .with_details(Details {
-                        causes: vec![json!({"reason": "DisruptionBudget", "message": format!("The disruption budget {} needs {} healthy pods and has {} currently", object::name(&b).unwrap_or_default(), b.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0), b.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0))})],
-                        ..Default::default()
-                    }));
-                }
-            }
-        }
-    }
     let mut opts = DeleteOptions::default();
     if let Some(d) = eviction.get("deleteOptions") {
         let q = Query::default();
         opts = DeleteOptions::parse(&q, serde_json::to_vec(d).unwrap_or_default().as_slice())?;
     }
+    // Terminal and already-deleting pods disrupt nothing: no budget to consult.
+    let terminal = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let deleting = pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+    if !terminal && !deleting {
+        if let Some(pdb_res) = catalogue::find("policy", "v1", "poddisruptionbudgets") {
+            let (pdbs, _, _) = rest::list(state, pdb_res, ns, &Query::default()).await?;
+            let labels = object::labels(&pod);
+            let matching: Vec<Value> = pdbs
+                .into_iter()
+                .filter(|b| {
+                    b.pointer("/spec/selector")
+                        .and_then(|sel| api::selectors::from_label_selector_json(sel).ok())
+                        // policy/v1: an empty selector selects every pod of the namespace.
+                        .is_some_and(|sel| sel.matches(&labels))
+                })
+                .collect();
+            if matching.len() > 1 {
+                return Err(ApiError::new(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                ));
+            }
+            if let Some(budget) = matching.first() {
+                if unhealthy_pod_may_go(&pod, budget) {
+                    // Nothing to take from the budget.
+                } else if opts.dry_run {
+                    check_budget(budget)?;
+                } else {
+                    consume_budget(state, pdb_res, ns, budget, name, headers).await?;
+                }
+            }
+        }
+    }
     rest::delete(state, res, ns, name, &opts).await?;
     Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), ResponseShape::Object, &[]))
+}
+
+/// A pod that is not Ready may go without consuming the budget while the budget is met, or
+/// always with `unhealthyPodEvictionPolicy: AlwaysAllow` (upstream's rules for both policies).
+fn unhealthy_pod_may_go(pod: &Value, budget: &Value) -> bool {
+    let ready = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    if ready {
+        return false;
+    }
+    match budget.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str) {
+        Some("AlwaysAllow") => true,
+        _ => {
+            let current = budget.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0);
+            let desired = budget.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0);
+            budget_processed(budget) && current >= desired
+        }
+    }
+}
+
+fn budget_processed(budget: &Value) -> bool {
+    let generation = budget.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+    let observed = budget.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(0);
+    observed >= generation
+}
+
+/// 429 unless the budget allows one more disruption now.
+fn check_budget(budget: &Value) -> ApiResult<()> {
+    let budget_name = object::name(budget).unwrap_or_default();
+    let refuse = |cause: String| {
+        ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.")
+            .with_details(Details {
+                causes: vec![json!({"reason": "DisruptionBudget", "message": cause})],
+                ..Default::default()
+            })
+    };
+    if !budget_processed(budget) {
+        return Err(refuse(format!("The disruption budget {budget_name} is still being processed by the server.")));
+    }
+    let allowed = budget.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+    if allowed <= 0 {
+        return Err(refuse(format!(
+            "The disruption budget {budget_name} needs {} healthy pods and has {} currently",
+            budget.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0),
+            budget.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
+/// Takes one disruption from the budget and records the pod, atomically.
+async fn consume_budget(state: &SharedState, pdb_res: &'static Resource, ns: Option<&str>, budget: &Value, pod: &str, headers: &HeaderMap) -> ApiResult<()> {
+    let budget_name = object::name(budget).unwrap_or_default();
+    let opts = WriteOptions {
+        subresource: Some("status"),
+        ..WriteOptions::from_request(&Query::default(), headers)?
+    };
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    rest::update(state, pdb_res, ns, &budget_name, UpdateKind::Status, &opts, |current| {
+        check_budget(current)?;
+        let mut next = current.clone();
+        let allowed = current.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+        next["status"]["disruptionsAllowed"] = json!(allowed - 1);
+        if !next["status"]["disruptedPods"].is_object() {
+            next["status"]["disruptedPods"] = json!({});
+        }
+        next["status"]["disruptedPods"][pod] = json!(now);
+        Ok((next, None))
+    })
+    .await?;
+    Ok(())
 }
 
 /// `log`, `exec`, `attach`, `portforward` are served by the pod's node: forwarded to its

@@ -11,6 +11,7 @@
 //! * `node_lifecycle`: marks nodes with stale Leases unreachable, taints them, evicts pods.
 //! * `pod_gc`: removes pods of vanished nodes and terminated pods beyond a threshold.
 //! * `serviceaccount`: a `default` ServiceAccount in every namespace.
+//! * `disruption`: PodDisruptionBudget status (healthy, desired, disruptions allowed).
 //! * `service_lb`: LoadBalancer Services get the nodes' addresses (like k3s's ServiceLB).
 //! * `endpoints`, `endpointslice`: the backends of each Service from its pods' readiness.
 //! * `events`: the Event recorder all of them (and the scheduler) share.
@@ -19,6 +20,7 @@
 //! and one idempotent `reconcile` works from current state (NotFound means deleted).
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
@@ -116,6 +118,10 @@ pub async fn run_all(ctx: Context) {
                     supervise_with(name, leading.clone(), ctx.clone(), start)
                 };
                 futures::future::join_all([
+                    run("disruption", |ctx, cancel| {
+                        async move { disruption::run(ctx, cancel).await.map_err(|e| e.to_string()) }
+                            .boxed()
+                    }),
                     run("endpoints", |ctx, cancel| {
                         async move { endpoints::run(ctx, cancel).await.map_err(|e| e.to_string()) }
                             .boxed()
