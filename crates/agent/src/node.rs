@@ -104,8 +104,10 @@ pub struct AgentConfig {
     /// The cgroup all pods live under (`/<cgroup_root>/pod<uid>/<container>`); tests use
     /// `skiff-test-<pid>` so they never touch the host's.
     pub cgroup_root: String,
-    /// The resolv.conf copied into each pod that does not use the host network.
+    /// The node's resolv.conf: hostNetwork and `dnsPolicy: Default` pods get its servers.
     pub resolv_conf: PathBuf,
+    /// The cluster DNS ClusterFirst pods use (`--cluster-dns`, `--cluster-domain`).
+    pub cluster_dns: crate::pods::ClusterDns,
     /// The network of pods that do not ask for `hostNetwork`.
     pub pod_network: Arc<dyn PodNetwork>,
 }
@@ -136,6 +138,10 @@ impl AgentConfig {
             node_ip,
             cgroup_root: "skiff".to_string(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            cluster_dns: crate::pods::ClusterDns {
+                servers: vec!["10.43.0.10".to_string()],
+                domain: "cluster.local".to_string(),
+            },
             pod_network: Arc::new(LoopbackSandbox::new(&paths.network_state())),
         }
     }

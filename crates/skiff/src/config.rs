@@ -76,6 +76,13 @@ pub struct NodeFlags {
     /// node's service proxy masquerades traffic to Services from outside it.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// The cluster DNS Service address ClusterFirst pods resolve with (the kubelet's flag;
+    /// the built-in DNS serves it as kube-system/kube-dns). Empty: the node's resolv.conf.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: String,
+    /// The cluster's DNS domain (the kubelet's flag).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Registry mirror, HOST=URL (e.g. docker.io=http://127.0.0.1:5000); repeatable.
     #[arg(long = "registry-mirror")]
     pub registry_mirrors: Vec<String>,
@@ -360,6 +367,8 @@ mod tests {
                 cni_bin_dir: "/usr/lib/cni".into(),
                 cni_conf_dir: None,
                 cluster_cidr: "10.42.0.0/16".into(),
+                cluster_dns: "10.43.0.10".into(),
+                cluster_domain: "cluster.local".into(),
                 registry_mirrors: vec![],
                 plain_http_registries: vec![],
                 restart_backoff: Duration::from_secs(10),

@@ -35,6 +35,11 @@ pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdo
     config.cgroup_root = flags.cgroup_root.clone();
     config.backoff_base = flags.restart_backoff;
     config.sync_frequency = flags.sync_frequency;
+    let dns_servers: Vec<String> = flags.cluster_dns.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    for server in &dns_servers {
+        server.parse::<std::net::IpAddr>().map_err(|_| anyhow::anyhow!("--cluster-dns {server:?} is not an IP address"))?;
+    }
+    config.cluster_dns = agent::pods::ClusterDns { servers: dns_servers, domain: flags.cluster_domain.trim_end_matches('.').to_string() };
     config.lease_renew = flags.node_lease_renew;
     config.registry.mirrors = crate::config::parse_mirrors("--registry-mirror", &flags.registry_mirrors).map_err(anyhow::Error::msg)?;
     config.registry.plain_http = flags.plain_http_registries.clone();

@@ -25,6 +25,7 @@ mod hooks;
 mod kill;
 mod probe;
 mod sandbox;
+pub use sandbox::ClusterDns;
 mod status;
 mod worker;
 

@@ -124,6 +124,7 @@ pub fn write_files(
     pod_ips: &[String],
     host_network: bool,
     resolv_conf: &Path,
+    cluster_dns: &ClusterDns,
 ) -> Result<(PathBuf, PathBuf), SandboxError> {
     let hosts = pod_dir.join("etc-hosts");
     let content = if host_network {
@@ -133,9 +134,116 @@ pub fn write_files(
     };
     fs::write(&hosts, content).map_err(io_err("writing", &hosts))?;
     let resolv = pod_dir.join("resolv.conf");
-    let content = fs::read(resolv_conf).unwrap_or_default();
+    let host = fs::read_to_string(resolv_conf).unwrap_or_default();
+    let content = pod_resolv_conf(pod, host_network, &host, cluster_dns);
     fs::write(&resolv, content).map_err(io_err("writing", &resolv))?;
     Ok((hosts, resolv))
+}
+
+/// The cluster's DNS as the kubelet knows it (`--cluster-dns`, `--cluster-domain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// Empty: no cluster DNS, ClusterFirst pods fall back to the node's resolv.conf.
+    pub servers: Vec<String>,
+    pub domain: String,
+}
+
+/// Upstream's limits (pkg/kubelet/network/dns): 3 nameservers, 32 search domains.
+const MAX_NAMESERVERS: usize = 3;
+const MAX_SEARCHES: usize = 32;
+
+/// The pod's resolv.conf per its `dnsPolicy` and `dnsConfig`, as the kubelet writes it:
+/// ClusterFirst → the cluster DNS with `<ns>.svc.<domain> svc.<domain> <domain>` before the
+/// node's own search path and `ndots:5`; Default (and ClusterFirst on the host network) → the
+/// node's; None → only what `dnsConfig` says. `dnsConfig` adds nameservers and searches and
+/// overrides options by name.
+pub fn pod_resolv_conf(pod: &Pod, host_network: bool, host: &str, cluster: &ClusterDns) -> String {
+    let spec = pod.spec.as_ref();
+    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
+    let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::<(String, Option<String>)>::new());
+    let (host_servers, host_searches, host_options) = parse_resolv(host);
+    let cluster_first = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    };
+    match policy {
+        "None" => {}
+        _ if cluster_first && !cluster.servers.is_empty() => {
+            servers.clone_from(&cluster.servers);
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            searches = vec![
+                format!("{ns}.svc.{}", cluster.domain),
+                format!("svc.{}", cluster.domain),
+                cluster.domain.clone(),
+            ];
+            searches.extend(host_searches);
+            options.push(("ndots".into(), Some("5".into())));
+        }
+        // Default, or ClusterFirst without a cluster DNS (upstream falls back the same way).
+        _ => {
+            servers = host_servers;
+            searches = host_searches;
+            options = host_options;
+        }
+    }
+    if let Some(config) = spec.and_then(|s| s.dns_config.as_ref()) {
+        for server in config.nameservers.iter().flatten() {
+            if !servers.contains(server) {
+                servers.push(server.clone());
+            }
+        }
+        for search in config.searches.iter().flatten() {
+            if !searches.contains(search) {
+                searches.push(search.clone());
+            }
+        }
+        for option in config.options.iter().flatten() {
+            let name = option.name.clone().unwrap_or_default();
+            options.retain(|(n, _)| *n != name);
+            options.push((name, option.value.clone()));
+        }
+    }
+    servers.truncate(MAX_NAMESERVERS);
+    searches.truncate(MAX_SEARCHES);
+    let mut out = String::new();
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for server in &servers {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if !options.is_empty() {
+        let rendered: Vec<String> = options
+            .iter()
+            .map(|(n, v)| match v {
+                Some(v) => format!("{n}:{v}"),
+                None => n.clone(),
+            })
+            .collect();
+        out.push_str(&format!("options {}\n", rendered.join(" ")));
+    }
+    out
+}
+
+/// (nameservers, search domains, options) of a resolv.conf.
+fn parse_resolv(text: &str) -> (Vec<String>, Vec<String>, Vec<(String, Option<String>)>) {
+    let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::new());
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or_default();
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => servers.extend(words.next().map(str::to_string)),
+            // The last search/domain line wins, as in the resolver.
+            Some("search" | "domain") => searches = words.map(str::to_string).collect(),
+            Some("options") => options.extend(words.map(|o| match o.split_once(':') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (o.to_string(), None),
+            })),
+            _ => {}
+        }
+    }
+    (servers, searches, options)
 }
 
 /// `emptyDir.sizeLimit` in bytes, for the tmpfs `size=` option.
@@ -360,6 +468,34 @@ mod tests {
         );
         assert!(full.contains("10.42.0.5\tweb-0.web.prod.svc.cluster.local\tweb-0\n"));
         assert!(full.ends_with("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
+    }
+
+    #[test]
+    fn resolv_conf_follows_the_dns_policy() {
+        let cluster = ClusterDns { servers: vec!["10.43.0.10".into()], domain: "cluster.local".into() };
+        let host = "# generated\nnameserver 192.168.1.1\nsearch corp.example\noptions edns0\n";
+        let first = pod_resolv_conf(&pod(json!({})), false, host, &cluster);
+        assert_eq!(
+            first,
+            "search prod.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.43.0.10\noptions ndots:5\n"
+        );
+        // Host network without ClusterFirstWithHostNet: the node's.
+        let node = pod_resolv_conf(&pod(json!({})), true, host, &cluster);
+        assert_eq!(node, "search corp.example\nnameserver 192.168.1.1\noptions edns0\n");
+        let with_host_net = pod_resolv_conf(&pod(json!({"dnsPolicy": "ClusterFirstWithHostNet"})), true, host, &cluster);
+        assert!(with_host_net.contains("nameserver 10.43.0.10"));
+        let none = pod_resolv_conf(
+            &pod(json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["a.b"], "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}})),
+            false,
+            host,
+            &cluster,
+        );
+        assert_eq!(none, "search a.b\nnameserver 1.1.1.1\noptions ndots:2 rotate\n");
+        let merged = pod_resolv_conf(&pod(json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}})), false, host, &cluster);
+        assert!(merged.ends_with("options ndots:1\n"), "{merged}");
+        // No cluster DNS: ClusterFirst falls back to the node's.
+        let fallback = pod_resolv_conf(&pod(json!({})), false, host, &ClusterDns { servers: vec![], domain: "cluster.local".into() });
+        assert_eq!(fallback, node);
     }
 
     #[test]

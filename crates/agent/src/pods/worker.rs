@@ -571,6 +571,7 @@ impl PodWorker {
             &ips,
             self.record.host_network,
             &self.node.config.resolv_conf,
+            &self.node.config.cluster_dns,
         )?;
         let (volumes, volume_errors) = sandbox::prepare_volumes(&pod_dir, &self.pod);
         self.connect_shim().await?;
