@@ -227,7 +227,11 @@ pub static RESOURCES: &[Resource] = &[
     // networking.k8s.io/v1
     res!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, NONE, NONE, NO_SUB),
     res!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, &["ing"], NONE, STATUS),
+    // One object per allocated Service ClusterIP, named after the IP (MultiCIDRServiceAllocator,
+    // GA in v1.33); written by the API server's allocator.
+    res!("networking.k8s.io", "v1", "IPAddress", "ipaddresses", "ipaddress", false, &["ip"], NONE, NO_SUB),
     res!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, &["netpol"], NONE, NO_SUB),
+    res!("networking.k8s.io", "v1", "ServiceCIDR", "servicecidrs", "servicecidr", false, NONE, NONE, STATUS),
     // policy/v1
     res!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, &["pdb"], NONE, STATUS),
     // rbac.authorization.k8s.io/v1

@@ -12,6 +12,8 @@
 //! * `codec`: JSON, YAML and protobuf bodies; `protobuf`: kubectl's protobuf envelope.
 //! * `request`: path and query parsing; `error`: `Status` errors; `metrics`: Prometheus.
 //! * `reviews`: create-only authorization reviews.
+//! * `service_alloc`: Service ClusterIP/NodePort allocation, its repair loop, and the
+//!   `kubernetes` Service bootstrap.
 //!
 //! A request flows: axum router → `handlers::resource` → `rest` → `store`; writes then come back
 //! through the store watch into `watch_cache` and out to every watcher.
@@ -27,6 +29,7 @@ pub mod protobuf;
 pub mod request;
 pub mod rest;
 pub mod reviews;
+pub mod service_alloc;
 pub mod strategy;
 pub mod subresources;
 pub mod tables;
@@ -58,6 +61,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// `host:port` clients should use (for legacy discovery's serverAddressByClientCIDRs).
     pub advertise_address: String,
+    /// Service ClusterIP and NodePort allocation (used by `rest` for Service writes).
+    pub services: Arc<service_alloc::ServiceAllocator>,
     ready: AtomicBool,
 }
 
@@ -76,19 +81,33 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds the listener, starts the watch cache and creates the default namespaces.
+    /// Binds the listener, starts the watch cache and creates the default namespaces, with the
+    /// default service network (10.43.0.0/16, node ports 30000-32767).
     pub async fn bind(config: ApiServerConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> std::io::Result<ApiServer> {
+        Self::bind_with_services(config, service_alloc::ServiceNetworkConfig::default(), store, shutdown).await
+    }
+
+    /// [`ApiServer::bind`] with the service network settings (`--service-cidr`,
+    /// `--service-node-port-range`, `--advertise-address`).
+    pub async fn bind_with_services(
+        config: ApiServerConfig,
+        services: service_alloc::ServiceNetworkConfig,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;
         let start = store.current_revision().await.map_err(std::io::Error::other)?;
         let cache = WatchCache::new(start, config.watch_cache_events);
         tokio::spawn(cache.clone().run(store.clone(), shutdown.clone()));
+        let allocator = Arc::new(service_alloc::ServiceAllocator::new(store.clone(), services));
         let state = Arc::new(ApiState {
             store,
             cache,
             metrics: Metrics::new(),
             shutdown,
             advertise_address: local.to_string(),
+            services: allocator,
             ready: AtomicBool::new(false),
         });
         Ok(ApiServer { state, listener })
@@ -106,6 +125,8 @@ impl ApiServer {
     pub async fn serve(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let boot = tokio::spawn(bootstrap(state.clone()));
+        // Ends on the shutdown token by itself, after taking this server out of the endpoints.
+        tokio::spawn(service_alloc::kubernetes_service::run(state.clone(), state.shutdown.clone()));
         let app = router(state.clone());
         let shutdown = state.shutdown.clone();
         let served = axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });

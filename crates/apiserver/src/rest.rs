@@ -4,6 +4,8 @@
 //! Flow of a write: decode → check kind/namespace/name against the URL → field validation →
 //! defaulting → strategy (create resets, status/spec split, generation) → validation → admission
 //! (namespace lifecycle) → store write with an optimistic-concurrency retry loop.
+//! Service writes also allocate ClusterIPs and node ports (`service_alloc`) between the
+//! strategy and validation; the allocation is committed or reverted with the store write.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use store::{RangeOptions, Revision, StoreError};
 use crate::codec::{self, BodyFormat, ResponseShape};
 use crate::error::{ApiError, ApiResult, Details};
 use crate::request::{FieldValidation, Query};
-use crate::{ApiState, object, strategy, tables};
+use crate::{ApiState, object, service_alloc, strategy, tables};
 
 /// Namespaces that exist from the start and may not be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -306,27 +308,50 @@ pub async fn create(
         api::apply::record_update(None, &mut obj, &opts.manager, &target(res, &av, opts.subresource), &object::now_rfc3339());
     }
 
+    // Service allocation happens before validation, like upstream's BeginCreate; whatever
+    // fails from here on releases what was allocated.
+    let allocation = if service_alloc::is_service(res) {
+        Some(state.services.allocate_create(&mut obj, opts.dry_run).await?)
+    } else {
+        None
+    };
+    let result = store_new(state, res, ns, &name, obj, opts).await;
+    if let Some(allocation) = allocation {
+        state.services.finish(allocation, result.is_ok()).await;
+    }
+    result.map(|obj| (obj, warnings))
+}
+
+/// The end of a create: validation, admission and the store write.
+async fn store_new(
+    state: &ApiState,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    mut obj: Value,
+    opts: &WriteOptions,
+) -> ApiResult<Value> {
     object::normalize_metadata(&mut obj);
     let errors = api::validation::validate_create(res.group, res.version, res.kind, &obj);
     if !errors.is_empty() {
-        return Err(invalid(res, &name, &errors));
+        return Err(invalid(res, name, &errors));
     }
     admit_namespace(state, res, ns).await?;
 
-    let key = res.key(ns, &name);
+    let key = res.key(ns, name);
     if opts.dry_run {
         if state.store.get(&key).await?.is_some() {
-            return Err(ApiError::already_exists(res.group, res.plural, &name));
+            return Err(ApiError::already_exists(res.group, res.plural, name));
         }
-        return Ok((obj, warnings));
+        return Ok(obj);
     }
     let bytes = encode_for_store(res, &obj)?;
     match state.store.create(&key, bytes).await {
         Ok(kv) => {
             object::set_resource_version(&mut obj, kv.mod_revision);
-            Ok((obj, warnings))
+            Ok(obj)
         }
-        Err(StoreError::AlreadyExists(_)) => Err(ApiError::already_exists(res.group, res.plural, &name)),
+        Err(StoreError::AlreadyExists(_)) => Err(ApiError::already_exists(res.group, res.plural, name)),
         Err(e) => Err(e.into()),
     }
 }
@@ -395,57 +420,91 @@ where
             let av = res.api_version();
             api::apply::record_update(Some(&current), &mut new, &opts.manager, &target(res, &av, sub), &object::now_rfc3339());
         }
-        if strategy::has_generation(res) {
-            let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-            let bumped = if object::spec_part(&new) != object::spec_part(&current) { generation + 1 } else { generation };
-            object::meta_mut(&mut new).insert("generation".into(), json!(bumped));
-        }
-        object::normalize_metadata(&mut new);
-        let errors = if kind == UpdateKind::Binding {
-            Vec::new()
+        // Service allocation (upstream's BeginUpdate): released again unless the write lands.
+        let allocation = if kind == UpdateKind::Main && service_alloc::is_service(res) {
+            Some(state.services.allocate_update(&mut new, &current, opts.dry_run).await?)
         } else {
-            api::validation::validate_update(res.group, res.version, res.kind, &new, &current)
+            None
         };
-        if !errors.is_empty() {
-            return Err(invalid(res, name, &errors));
+        let outcome = store_update(state, res, name, kind, opts, &key, kv.mod_revision, &current, new).await;
+        if let Some(allocation) = allocation {
+            state.services.finish(allocation, matches!(outcome, Ok(Some(_)))).await;
         }
-        // A deleting object whose last finalizer was just removed goes away (upstream's
-        // `deleteWithoutFinalizers` on update).
-        // Upstream's ShouldDeleteDuringUpdate: only once the grace period is over (a pod in
-        // graceful termination keeps taking status writes from its kubelet until then).
-        let finalized = object::deletion_timestamp(&new).is_some()
-            && object::finalizers(&new).is_empty()
-            && new.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
-            && new.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty() || res.kind != "Namespace");
-        object::set_resource_version(&mut new, kv.mod_revision);
-        if new == current {
-            return Ok((current, warnings)); // a no-op update writes nothing, like upstream
-        }
-        if opts.dry_run {
-            return Ok((new, warnings));
-        }
-        if finalized {
-            return match state.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok(d) => {
-                    object::set_resource_version(&mut new, d.revision);
-                    Ok((new, warnings))
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => Err(ApiError::not_found(res.group, res.plural, name)),
-                Err(e) => Err(e.into()),
-            };
-        }
-        match state.store.update(&key, encode_for_store(res, &new)?, kv.mod_revision).await {
-            Ok(kv) => {
-                object::set_resource_version(&mut new, kv.mod_revision);
-                return Ok((new, warnings));
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(res.group, res.plural, name)),
-            Err(e) => return Err(e.into()),
+        match outcome {
+            Ok(Some(obj)) => return Ok((obj, warnings)),
+            Ok(None) => continue,
+            Err(e) => return Err(e),
         }
     }
     Err(ApiError::conflict(res.group, res.plural, name, "too many concurrent writers; please retry"))
+}
+
+/// The end of one update attempt: generation, validation and the store write. `Ok(None)`: the
+/// object changed meanwhile, retry.
+#[allow(clippy::too_many_arguments)]
+async fn store_update(
+    state: &ApiState,
+    res: &'static Resource,
+    name: &str,
+    kind: UpdateKind,
+    opts: &WriteOptions,
+    key: &str,
+    mod_revision: Revision,
+    current: &Value,
+    mut new: Value,
+) -> ApiResult<Option<Value>> {
+    if strategy::has_generation(res) {
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let bumped = if object::spec_part(&new) != object::spec_part(current) { generation + 1 } else { generation };
+        object::meta_mut(&mut new).insert("generation".into(), json!(bumped));
+    }
+    object::normalize_metadata(&mut new);
+    let errors = if kind == UpdateKind::Binding {
+        Vec::new()
+    } else {
+        api::validation::validate_update(res.group, res.version, res.kind, &new, current)
+    };
+    if !errors.is_empty() {
+        return Err(invalid(res, name, &errors));
+    }
+    // A deleting object whose last finalizer was just removed goes away (upstream's
+    // `deleteWithoutFinalizers` on update).
+    // Upstream's ShouldDeleteDuringUpdate: only once the grace period is over (a pod in
+    // graceful termination keeps taking status writes from its kubelet until then).
+    let finalized = object::deletion_timestamp(&new).is_some()
+        && object::finalizers(&new).is_empty()
+        && new.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
+        && new.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty() || res.kind != "Namespace");
+    object::set_resource_version(&mut new, mod_revision);
+    if new == *current {
+        return Ok(Some(current.clone())); // a no-op update writes nothing, like upstream
+    }
+    if opts.dry_run {
+        return Ok(Some(new));
+    }
+    if finalized {
+        return match state.store.delete(key, Some(mod_revision)).await {
+            Ok(d) => {
+                if service_alloc::is_service(res) {
+                    state.services.release_service(&new).await;
+                }
+                object::set_resource_version(&mut new, d.revision);
+                Ok(Some(new))
+            }
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(res.group, res.plural, name)),
+            Err(e) => Err(e.into()),
+        };
+    }
+    match state.store.update(key, encode_for_store(res, &new)?, mod_revision).await {
+        Ok(kv) => {
+            object::set_resource_version(&mut new, kv.mod_revision);
+            Ok(Some(new))
+        }
+        Err(StoreError::Conflict { .. }) => Ok(None),
+        Err(StoreError::NotFound(_)) => Err(ApiError::not_found(res.group, res.plural, name)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Fields a client may not change through an update.
@@ -594,6 +653,10 @@ pub async fn delete(
             }
             return match state.store.delete(&key, Some(kv.mod_revision)).await {
                 Ok(d) => {
+                    // upstream's AfterDelete: the Service's ClusterIPs and node ports go back.
+                    if service_alloc::is_service(res) {
+                        state.services.release_service(&current).await;
+                    }
                     let mut gone = current;
                     object::set_resource_version(&mut gone, d.revision);
                     Ok((gone, StatusCode::OK))

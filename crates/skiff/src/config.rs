@@ -200,6 +200,16 @@ pub struct ServerFlags {
     /// Terminated pods kept before the oldest are deleted (upstream 12500).
     #[arg(long, default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
+    /// The range ClusterIPs come from; its first address is the `kubernetes` Service's and
+    /// its tenth the cluster DNS's.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: apiserver::service_alloc::ServiceCidr,
+    /// The range node ports come from (FROM-TO).
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: apiserver::service_alloc::NodePortRange,
+    /// The address published in the `kubernetes` Endpoints (default: the listen address).
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Endpoints per EndpointSlice (upstream 100, at most 1000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
@@ -215,6 +225,7 @@ pub fn hostname() -> String {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub services: apiserver::service_alloc::ServiceNetworkConfig,
     pub backend: store::Backend,
     pub store: store::StoreConfig,
     pub log_level: String,
@@ -281,6 +292,12 @@ impl ServerConfig {
         Ok(ServerConfig {
             data_dir: f.data_dir,
             listen,
+            services: apiserver::service_alloc::ServiceNetworkConfig {
+                service_cidr: f.service_cidr.clone(),
+                node_port_range: f.service_node_port_range.clone(),
+                advertise_address: f.advertise_address,
+                ..Default::default()
+            },
             backend,
             store: store::StoreConfig { history_retention, ..Default::default() },
             log_level: f.log_level,
@@ -383,6 +400,9 @@ mod tests {
             node_startup_grace_period: Duration::from_secs(60),
             terminated_pod_gc_threshold: 12500,
             max_endpoints_per_slice: 100,
+            service_cidr: "10.43.0.0/16".parse().expect("cidr"),
+            service_node_port_range: "30000-32767".parse().expect("range"),
+            advertise_address: None,
         }
     }
 

@@ -96,8 +96,9 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the datastore ({})", config.backend_description()))?;
     let compactor = store::spawn_compactor(store.clone(), &config.store, shutdown.clone());
 
-    let server = apiserver::ApiServer::bind(
+    let server = apiserver::ApiServer::bind_with_services(
         apiserver::ApiServerConfig { listen: config.listen, watch_cache_events: 10_000 },
+        config.services.clone(),
         store.clone(),
         shutdown.clone(),
     )

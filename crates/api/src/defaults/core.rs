@@ -67,6 +67,15 @@ pub(super) fn default_service(service: &mut Map<String, Value>) {
         _ => {}
     }
     default_string(spec, "type", "ClusterIP");
+    // clusterIPs[0] mirrors clusterIP for clients that only set the singular field.
+    let cluster_ip = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if !cluster_ip.is_empty() && is_empty(spec, "clusterIPs") {
+        spec.insert("clusterIPs".to_owned(), json!([cluster_ip]));
+    }
     each_object(spec, "ports", |port| {
         default_string(port, "protocol", "TCP");
         let target_unset = match port.get("targetPort") {
@@ -262,6 +271,23 @@ mod tests {
         assert_eq!(lb["spec"]["allocateLoadBalancerNodePorts"], true);
         assert_eq!(lb["spec"]["ports"][0]["targetPort"], 443);
         assert!(lb["spec"].get("sessionAffinityConfig").is_none());
+    }
+
+    #[test]
+    fn service_cluster_ips_mirror_cluster_ip() {
+        let mut svc = json!({"spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}});
+        apply_defaults("", "v1", "Service", &mut svc);
+        assert_eq!(svc["spec"]["clusterIPs"], json!(["10.43.0.10"]));
+        let mut headless = json!({"spec": {"clusterIP": "None"}});
+        apply_defaults("", "v1", "Service", &mut headless);
+        assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+        let mut both = json!({"spec": {"clusterIP": "10.43.0.10", "clusterIPs": ["10.43.0.11"]}});
+        apply_defaults("", "v1", "Service", &mut both);
+        assert_eq!(
+            both["spec"]["clusterIPs"],
+            json!(["10.43.0.11"]),
+            "validation reports the mismatch"
+        );
     }
 
     #[test]
