@@ -577,7 +577,6 @@ impl LeaderElector {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,9 +118,21 @@ pub async fn run_all(ctx: Context) {
                     supervise_with(name, leading.clone(), ctx.clone(), start)
                 };
                 futures::future::join_all([
+                    run("deployment", |ctx, cancel| {
+                        async move {
+                            deployment::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
+                    }),
                     run("disruption", |ctx, cancel| {
-                        async move { disruption::run(ctx, cancel).await.map_err(|e| e.to_string()) }
-                            .boxed()
+                        async move {
+                            disruption::run(ctx, cancel)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        .boxed()
                     }),
                     run("endpoints", |ctx, cancel| {
                         async move { endpoints::run(ctx, cancel).await.map_err(|e| e.to_string()) }

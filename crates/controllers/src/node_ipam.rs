@@ -25,8 +25,14 @@ use crate::Context;
 /// retried.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeIpamError {
-    #[error("cluster CIDR {cidr} has no free /{mask} left for node {node}; remove unused nodes or use a larger --cluster-cidr")]
-    Exhausted { cidr: String, mask: u8, node: String },
+    #[error(
+        "cluster CIDR {cidr} has no free /{mask} left for node {node}; remove unused nodes or use a larger --cluster-cidr"
+    )]
+    Exhausted {
+        cidr: String,
+        mask: u8,
+        node: String,
+    },
     #[error("assigning pod CIDR {cidr} to node {node}: {source}")]
     Patch {
         node: String,
@@ -46,12 +52,27 @@ pub struct Ipv4Cidr {
 impl std::str::FromStr for Ipv4Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 10.42.0.0/16)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{s:?}: bad prefix length"))?;
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 10.42.0.0/16)"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
         if u32::from(addr) & !mask != 0 {
-            return Err(format!("{s:?} has host bits set; did you mean {}/{prefix}?", Ipv4Addr::from(u32::from(addr) & mask)));
+            return Err(format!(
+                "{s:?} has host bits set; did you mean {}/{prefix}?",
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ));
         }
         Ok(Ipv4Cidr { addr, prefix })
     }
@@ -67,20 +88,26 @@ impl Ipv4Cidr {
     /// The `index`th subnet of length `mask` inside this range.
     fn subnet(&self, mask: u8, index: u32) -> Option<Ipv4Cidr> {
         let count = self.subnet_count(mask);
-        (index < count).then(|| Ipv4Cidr { addr: Ipv4Addr::from(u32::from(self.addr) + (index << (32 - mask))), prefix: mask })
+        (index < count).then(|| Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(self.addr) + (index << (32 - mask))),
+            prefix: mask,
+        })
     }
 
     fn subnet_count(&self, mask: u8) -> u32 {
         if mask < self.prefix || mask > 32 {
             return 0;
         }
-        1u32.checked_shl(u32::from(mask - self.prefix)).unwrap_or(u32::MAX)
+        1u32.checked_shl(u32::from(mask - self.prefix))
+            .unwrap_or(u32::MAX)
     }
 }
 
 /// Picks the lowest subnet of `cluster` not in `used`.
 pub fn allocate(cluster: Ipv4Cidr, mask: u8, used: &BTreeSet<String>) -> Option<Ipv4Cidr> {
-    (0..cluster.subnet_count(mask)).filter_map(|i| cluster.subnet(mask, i)).find(|c| !used.contains(&c.to_string()))
+    (0..cluster.subnet_count(mask))
+        .filter_map(|i| cluster.subnet(mask, i))
+        .find(|c| !used.contains(&c.to_string()))
 }
 
 struct State {
@@ -94,7 +121,11 @@ struct State {
 
 async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, NodeIpamError> {
     let name = node.metadata.name.clone().unwrap_or_default();
-    let has_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some_and(|c| !c.is_empty());
+    let has_cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_ref())
+        .is_some_and(|c| !c.is_empty());
     if has_cidr || node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -109,15 +140,27 @@ async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, NodeIpa
         used.extend(assigned.iter().cloned());
         allocate(state.cluster, state.mask, &used)
     }
-    .ok_or_else(|| NodeIpamError::Exhausted { cidr: state.cluster.to_string(), mask: state.mask, node: name.clone() })?;
+    .ok_or_else(|| NodeIpamError::Exhausted {
+        cidr: state.cluster.to_string(),
+        mask: state.mask,
+        node: name.clone(),
+    })?;
     let cidr = cidr.to_string();
     let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
     state
         .api
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|source| NodeIpamError::Patch { node: name.clone(), cidr: cidr.clone(), source })?;
-    state.assigned.lock().unwrap_or_else(|p| p.into_inner()).insert(cidr.clone());
+        .map_err(|source| NodeIpamError::Patch {
+            node: name.clone(),
+            cidr: cidr.clone(),
+            source,
+        })?;
+    state
+        .assigned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(cidr.clone());
     tracing::info!(node = %name, pod_cidr = %cidr, "assigned pod CIDR");
     Ok(Action::await_change())
 }
@@ -171,10 +214,16 @@ mod tests {
     fn allocates_the_lowest_free_subnet() {
         let cluster: Ipv4Cidr = "10.42.0.0/16".parse().expect("cidr");
         let mut used = BTreeSet::new();
-        assert_eq!(allocate(cluster, 24, &used).map(|c| c.to_string()), Some("10.42.0.0/24".into()));
+        assert_eq!(
+            allocate(cluster, 24, &used).map(|c| c.to_string()),
+            Some("10.42.0.0/24".into())
+        );
         used.insert("10.42.0.0/24".to_string());
         used.insert("10.42.2.0/24".to_string());
-        assert_eq!(allocate(cluster, 24, &used).map(|c| c.to_string()), Some("10.42.1.0/24".into()));
+        assert_eq!(
+            allocate(cluster, 24, &used).map(|c| c.to_string()),
+            Some("10.42.1.0/24".into())
+        );
         let tiny: Ipv4Cidr = "10.42.0.0/23".parse().expect("cidr");
         used.insert("10.42.1.0/24".to_string());
         assert_eq!(allocate(tiny, 24, &used), None);

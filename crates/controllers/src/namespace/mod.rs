@@ -177,7 +177,6 @@ fn failure_backoff(failures: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
