@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// Applets linked to busybox in the test image.
-const APPLETS: &[&str] = &["sh", "echo", "sleep", "cat", "ls", "true", "false", "env", "wget", "httpd", "id", "hostname", "dd", "ps", "kill", "touch", "rm", "mkdir", "date", "test", "nc", "tty", "stty", "stat"];
+const APPLETS: &[&str] = &["sh", "echo", "sleep", "cat", "ls", "true", "false", "env", "wget", "httpd", "id", "hostname", "dd", "ps", "kill", "touch", "rm", "mkdir", "date", "test", "nc", "tty", "stty", "stat", "timeout", "nslookup", "seq", "sort", "uniq"];
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -45,6 +45,9 @@ pub struct Server {
     pub netns: Option<TestNetns>,
 }
 
+/// The address of a test namespace's `eth0`: the node's InternalIP inside it.
+pub const NODE_IP: &str = "198.51.100.2";
+
 /// A network namespace made for one test (`ip netns add`), deleted on drop. Everything a
 /// node does to the network (bridges, veths, routes, nftables) stays inside it.
 pub struct TestNetns {
@@ -59,6 +62,20 @@ impl TestNetns {
         let ns = TestNetns { name };
         let ok = Command::new("ip").args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]).status().is_ok_and(|s| s.success());
         assert!(ok, "bringing lo up in {} failed", ns.name);
+        // A host's network, all inside the namespace: an `eth0` (one end of a veth pair whose
+        // other end stays in the namespace too) with an address of TEST-NET-2 and a default
+        // route, so the node finds its InternalIP as on a real machine and pods can reach it.
+        // Nothing leaves the namespace.
+        for args in [
+            &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"][..],
+            &["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"],
+            &["link", "set", "eth0-peer", "up"],
+            &["link", "set", "eth0", "up"],
+            &["route", "add", "default", "dev", "eth0"],
+        ] {
+            let ok = ns.command("ip").args(args).status().is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?} in {} failed", ns.name);
+        }
         ns
     }
 

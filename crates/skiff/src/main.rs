@@ -5,6 +5,7 @@
 //! * `image`: the node's image store (pull, import, ls, rm).
 //! * `shim`: the per-pod container shim, re-executed by the agent.
 
+mod cluster_dns;
 mod config;
 mod image_cli;
 mod node;
@@ -82,7 +83,8 @@ fn main() -> std::process::ExitCode {
 
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        // hickory logs every DNS request at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hickory_server=warn,hickory_proto=warn")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -130,6 +132,19 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     };
     let scheduler = tokio::spawn(run_scheduler(controllers_ctx.clone()));
     let controllers = tokio::spawn(controllers::run_all(controllers_ctx));
+    // Cluster DNS on the built-in node's address, behind kube-system/kube-dns.
+    let dns = config.node.clone().and_then(|flags| {
+        let service_ip = flags.cluster_dns.split(',').next()?.trim().parse::<std::net::IpAddr>().ok()?;
+        let node_name = flags.node_name.clone().unwrap_or_else(|| crate::config::hostname().to_lowercase());
+        let node_ip = flags.node_ip.unwrap_or_else(node::detect_node_ip);
+        let (client, shutdown) = (client_for_node.clone(), shutdown.clone());
+        let domain = flags.cluster_domain.trim_end_matches('.').to_string();
+        Some(tokio::spawn(async move {
+            if let Err(e) = cluster_dns::run(client, node_name, node_ip, service_ip, domain, shutdown).await {
+                tracing::error!("{e:#}");
+            }
+        }))
+    });
     let node = config.node.clone().map(|flags| {
         let (client, shutdown, data_dir) = (client_for_node.clone(), shutdown.clone(), config.data_dir.clone());
         tokio::spawn(async move {
@@ -143,6 +158,9 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     shutdown.cancel();
     if let Some(node) = node {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node).await;
+    }
+    if let Some(dns) = dns {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), dns).await;
     }
     signals.abort();
     // Controllers release their leader Lease on the way out; the API server is gone by now, so

@@ -12,7 +12,7 @@ use crate::config::NodeFlags;
 
 /// The address of the interface the default route uses, found without sending anything (a UDP
 /// `connect` only picks a route); 127.0.0.1 when there is none (e.g. a fresh namespace).
-fn detect_node_ip() -> IpAddr {
+pub(crate) fn detect_node_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
             // TEST-NET-1 (RFC 5737): never routed anywhere real, and no packet is sent.
