@@ -184,6 +184,22 @@ impl NodeEnv {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         let data = self.server.data_dir().display().to_string();
         assert!(!mounts.lines().any(|l| l.contains(&data)), "mounts left under {data}");
+        // No veth of a pod is left in the node's namespace, and no pod IP stays allocated.
+        let links = self.netns().command("ip").args(["-o", "link", "show"]).output().expect("ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(!links.lines().any(|l| l.contains(": veth")), "veths left behind:\n{links}");
+        let networks = self.server.data_dir().join("cni").join("networks");
+        assert!(networks.is_dir(), "no IPAM state at {}", networks.display());
+        for network in std::fs::read_dir(&networks).into_iter().flatten().flatten() {
+            let ips: Vec<String> = std::fs::read_dir(network.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect();
+            assert!(ips.is_empty(), "pod IPs still allocated in {}: {ips:?}", network.path().display());
+        }
         let pods = self.server.data_dir().join("agent").join("pods");
         let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
         let netns = String::from_utf8_lossy(&netns.stdout);

@@ -95,6 +95,10 @@ spec:
     assert!(out.stdout.lines().nth(1).is_some_and(|r| r.contains("2/2") && r.contains("Running")), "{}", out.stdout);
     let out = env.k.run(&["logs", "duo", "-c", "web"]).ok();
     assert_eq!(out.stdout, "first\nsecond ran after first\n");
+    // One /dev/shm and one hostname (UTS namespace) for the whole pod.
+    env.k.run(&["exec", "duo", "-c", "web", "--", "sh", "-c", "echo shared > /dev/shm/note"]).ok();
+    assert_eq!(env.k.run(&["exec", "duo", "-c", "client", "--", "cat", "/dev/shm/note"]).ok().stdout, "shared\n");
+    assert_eq!(env.k.run(&["exec", "duo", "-c", "client", "--", "hostname"]).ok().stdout, "duo\n");
     std::thread::sleep(Duration::from_secs(1));
     let out = env.k.run(&["logs", "duo", "-c", "client"]).ok();
     assert!(out.stdout.starts_with("hello from skiff\ntick 1\n"), "{}", out.stdout);

@@ -9,6 +9,8 @@
 //! <pod_dir>/volumes/kubernetes.io~configmap/<v>   configMap (and ~downward-api) on disk
 //! <pod_dir>/volumes/kubernetes.io~secret/<v>      secret (and ~projected) on tmpfs, never disk
 //! <pod_dir>/containers/<name>/                    rootfs, upper, work, termination-log
+//! <pod_dir>/ns/ipc, <pod_dir>/ns/uts              the pod's IPC and UTS namespaces (bind mounts)
+//! <pod_dir>/shm                                   the pod's /dev/shm (tmpfs, 64 MiB)
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Pod, Volume};
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
 use super::container::HostVolume;
@@ -407,8 +410,134 @@ pub fn api_volume_dir(pod_dir: &Path, volume: &Volume) -> Result<PathBuf, Sandbo
     Ok(path)
 }
 
+/// What the containers of a pod share besides the network, like the pause container gives
+/// them upstream: one IPC namespace (SysV IPC, POSIX message queues) with one `/dev/shm`, and,
+/// off the host network, one UTS namespace whose hostname is the pod's. `None`: the host's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodNamespaces {
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub shm: Option<PathBuf>,
+}
+
+/// The kubelet's default shm size (containerd's sandbox /dev/shm).
+const SHM_SIZE: &str = "size=65536k";
+
+/// Makes (or, after an agent restart, finds) the pod's shared namespaces and /dev/shm.
+pub fn pod_namespaces(pod_dir: &Path, pod: &Pod, host_network: bool) -> Result<PodNamespaces, SandboxError> {
+    let spec = pod.spec.as_ref();
+    let host_ipc = spec.and_then(|s| s.host_ipc).unwrap_or(false);
+    let hostname = spec
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    let ns_dir = pod_dir.join("ns");
+    fs::create_dir_all(&ns_dir).map_err(io_err("creating", &ns_dir))?;
+    let mut out = PodNamespaces::default();
+    let mut wanted = CloneFlags::empty();
+    if !host_ipc {
+        wanted |= CloneFlags::CLONE_NEWIPC;
+    }
+    if !host_network {
+        wanted |= CloneFlags::CLONE_NEWUTS;
+    }
+    let targets: Vec<(CloneFlags, PathBuf, &str)> = [
+        (CloneFlags::CLONE_NEWIPC, ns_dir.join("ipc"), "ipc"),
+        (CloneFlags::CLONE_NEWUTS, ns_dir.join("uts"), "uts"),
+    ]
+    .into_iter()
+    .filter(|(flag, _, _)| wanted.contains(*flag))
+    .collect();
+    let missing: Vec<&(CloneFlags, PathBuf, &str)> =
+        targets.iter().filter(|(_, path, _)| !runtime::image::snapshot::is_mounted(path)).collect();
+    if !missing.is_empty() {
+        for (_, path, _) in &missing {
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io_err("creating", path))?;
+        }
+        let flags = missing.iter().fold(CloneFlags::empty(), |f, (flag, _, _)| f | *flag);
+        let made = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<(), SandboxError> {
+                    // Only this short-lived thread enters the new namespaces.
+                    nix::sched::unshare(flags).map_err(|source| SandboxError::Mount {
+                        step: "unsharing the pod's IPC/UTS namespaces",
+                        path: ns_dir.clone(),
+                        source,
+                    })?;
+                    if flags.contains(CloneFlags::CLONE_NEWUTS) {
+                        nix::unistd::sethostname(&hostname).map_err(|source| SandboxError::Mount {
+                            step: "setting the pod's hostname",
+                            path: ns_dir.clone(),
+                            source,
+                        })?;
+                    }
+                    for (_, path, kind) in &missing {
+                        let source = format!("/proc/thread-self/ns/{kind}");
+                        nix::mount::mount(Some(source.as_str()), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                            .map_err(|source| SandboxError::Mount {
+                                step: "bind-mounting a pod namespace",
+                                path: path.clone(),
+                                source,
+                            })?;
+                    }
+                    Ok(())
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(SandboxError::Io {
+                        step: "creating the pod's namespaces (thread panicked)",
+                        path: ns_dir.clone(),
+                        source: io::Error::other("panic"),
+                    })
+                })
+        });
+        made?;
+    }
+    for (flag, path, _) in targets {
+        if flag == CloneFlags::CLONE_NEWIPC {
+            out.ipc = Some(path);
+        } else {
+            out.uts = Some(path);
+        }
+    }
+    if !host_ipc {
+        let shm = pod_dir.join("shm");
+        fs::create_dir_all(&shm).map_err(io_err("creating", &shm))?;
+        if !runtime::image::snapshot::is_mounted(&shm) {
+            nix::mount::mount(
+                Some("shm"),
+                &shm,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(format!("mode=1777,{SHM_SIZE}").as_str()),
+            )
+            .map_err(|source| SandboxError::Mount {
+                step: "mounting the pod's /dev/shm",
+                path: shm.clone(),
+                source,
+            })?;
+        }
+        out.shm = Some(shm);
+    }
+    Ok(out)
+}
+
 /// Unmounts the pod's tmpfs volumes and removes its directory. Idempotent.
 pub fn remove(pod_dir: &Path) -> Result<(), SandboxError> {
+    for path in [pod_dir.join("ns").join("ipc"), pod_dir.join("ns").join("uts"), pod_dir.join("shm")] {
+        while runtime::image::snapshot::is_mounted(&path) {
+            nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(|source| SandboxError::Mount {
+                step: "unmounting a pod namespace",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
     let plugins = ["kubernetes.io~secret", "kubernetes.io~projected"];
     let dirs = std::iter::once(pod_dir.join(EMPTY_DIR))
         .chain(plugins.iter().map(|p| pod_dir.join("volumes").join(p)));

@@ -198,6 +198,7 @@ impl Tracked {
 /// The pod's sandbox once created.
 struct Sandbox {
     network: PodNetworkStatus,
+    shared: sandbox::PodNamespaces,
     hosts: PathBuf,
     resolv: PathBuf,
     volumes: BTreeMap<String, HostVolume>,
@@ -574,9 +575,11 @@ impl PodWorker {
             &self.node.config.cluster_dns,
         )?;
         let (volumes, volume_errors) = sandbox::prepare_volumes(&pod_dir, &self.pod);
+        let shared = sandbox::pod_namespaces(&pod_dir, &self.pod, self.record.host_network)?;
         self.connect_shim().await?;
         self.sandbox = Some(Sandbox {
             network: net,
+            shared,
             hosts,
             resolv,
             volumes,
@@ -1598,18 +1601,21 @@ impl PodWorker {
                 path: None,
             },
             Namespace {
-                kind: NamespaceKind::Ipc,
-                path: None,
-            },
-            Namespace {
                 kind: NamespaceKind::Mount,
                 path: None,
             },
         ];
+        // hostIPC pods stay in the host's IPC namespace: no entry at all.
+        if let Some(ipc) = &sandbox.shared.ipc {
+            namespaces.push(Namespace {
+                kind: NamespaceKind::Ipc,
+                path: Some(ipc.clone()),
+            });
+        }
         if !self.record.host_network {
             namespaces.push(Namespace {
                 kind: NamespaceKind::Uts,
-                path: None,
+                path: sandbox.shared.uts.clone(),
             });
             namespaces.push(Namespace {
                 kind: NamespaceKind::Network,
@@ -1638,6 +1644,18 @@ impl PodWorker {
         };
         let mut config =
             container_config(c, &env).map_err(|e| StartFailure::Config(e.to_string()))?;
+        // One /dev/shm for the whole pod, like the sandbox's upstream (a volume the user
+        // mounts there wins).
+        if let Some(shm) = &sandbox.shared.shm
+            && !config.mounts.iter().any(|m| m.destination == std::path::Path::new("/dev/shm"))
+        {
+            config.mounts.push(runtime::container::Mount {
+                destination: "/dev/shm".into(),
+                source: runtime::container::MountSource::Bind(shm.clone()),
+                read_only: false,
+                options: vec![],
+            });
+        }
         if self.record.host_network {
             // hostNetwork pods share the host's UTS namespace and so its hostname.
             config.hostname = None;
