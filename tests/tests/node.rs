@@ -8,7 +8,7 @@ use skiff_e2e::{Registry, expect_line, image_fixture};
 
 #[test]
 fn a_bound_pod_runs_logs_execs_and_is_cleaned_up() {
-    let env = NodeEnv::start("node", &[]);
+    let env = NodeEnv::start("node", &["--pod-max-pids", "200"]);
     let k = &env.k;
     k.run(&["wait", "node/node-1", "--for=jsonpath={.spec.podCIDR}", "--timeout=30s"]).ok();
     let out = k.run(&["get", "node", "node-1", "-o", "jsonpath={.spec.podCIDR} {.status.nodeInfo.containerRuntimeVersion}"]).ok();
@@ -35,8 +35,21 @@ fn a_bound_pod_runs_logs_execs_and_is_cleaned_up() {
     assert!(out.stdout.contains("/dev/pts/0") && out.stdout.contains("30 100"), "{:?}", out.stdout);
 
     // exec runs as the container's user, like the container itself.
-    env.create("user", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: user\nspec:\n  nodeName: node-1\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n");
+    env.create("user", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: user\nspec:\n  nodeName: node-1\n  terminationGracePeriodSeconds: 1\n  securityContext: {runAsUser: 1000, runAsGroup: 3000}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n    resources:\n      limits: {memory: 64Mi, cpu: 500m}\n");
     env.wait("user", "--for=condition=Ready", "60s");
+    // The pod's own cgroup carries the pod-wide limits and the pids limit.
+    let uid = env.jsonpath("user", "{.metadata.uid}");
+    let pod_cgroup = format!("{}/pod{uid}", env.cgroup_root.0);
+    let read = |path: String| std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_string();
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(read(format!("/sys/fs/cgroup/{pod_cgroup}/memory.max")), "67108864");
+        assert_eq!(read(format!("/sys/fs/cgroup/{pod_cgroup}/cpu.max")), "50000 100000");
+        assert_eq!(read(format!("/sys/fs/cgroup/{pod_cgroup}/pids.max")), "200");
+    } else {
+        assert_eq!(read(format!("/sys/fs/cgroup/memory/{pod_cgroup}/memory.limit_in_bytes")), "67108864");
+        assert_eq!(read(format!("/sys/fs/cgroup/cpu/{pod_cgroup}/cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(format!("/sys/fs/cgroup/pids/{pod_cgroup}/pids.max")), "200");
+    }
     assert_eq!(k.run(&["exec", "user", "--", "id", "-u"]).ok().stdout.trim(), "1000");
     assert_eq!(k.run(&["exec", "user", "--", "id", "-g"]).ok().stdout.trim(), "3000");
 

@@ -92,6 +92,8 @@ pub struct AgentConfig {
     pub registry: runtime::image::pull::RegistryConfig,
     /// The first crash-loop back-off; it doubles up to 300 s (upstream 10 s).
     pub backoff_base: Duration,
+    /// The most processes one pod may run (the kubelet's `--pod-max-pids`); `None`: no limit.
+    pub pod_max_pids: Option<i64>,
     /// How often running pods' configMap/secret/downwardAPI volumes are refreshed (the
     /// kubelet's `--sync-frequency`, 1 minute).
     pub sync_frequency: Duration,
@@ -133,6 +135,7 @@ impl AgentConfig {
             registry: runtime::image::pull::RegistryConfig::default(),
             backoff_base: Duration::from_secs(10),
             sync_frequency: Duration::from_secs(60),
+            pod_max_pids: None,
             max_pods: 110,
             kubelet_port: 10250,
             node_ip,

@@ -92,6 +92,9 @@ pub struct NodeFlags {
     /// First container restart back-off (doubles up to 300s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub restart_backoff: Duration,
+    /// The most processes one pod may run (the kubelet's flag; -1: no limit).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub pod_max_pids: i64,
     /// How often running pods' configMap, secret and downwardAPI volumes are refreshed
     /// (the kubelet's flag, 1m).
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
@@ -390,6 +393,7 @@ mod tests {
                 plain_http_registries: vec![],
                 restart_backoff: Duration::from_secs(10),
                 sync_frequency: Duration::from_secs(60),
+                pod_max_pids: -1,
                 node_lease_renew: Duration::from_secs(10),
             },
             leader_lease_duration: Duration::from_secs(15),

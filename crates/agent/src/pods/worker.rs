@@ -576,6 +576,11 @@ impl PodWorker {
         )?;
         let (volumes, volume_errors) = sandbox::prepare_volumes(&pod_dir, &self.pod);
         let shared = sandbox::pod_namespaces(&pod_dir, &self.pod, self.record.host_network)?;
+        let limits = pod_limits(&self.pod, self.node.config.pod_max_pids);
+        if let Err(e) = self.node.layout.set_pod_limits(&self.pod_cgroup(), &limits) {
+            // The containers' own limits still hold; the pod-wide ones are a second line.
+            tracing::warn!(pod = %self.sandbox_ref(), error = %error_chain(&e), "setting the pod cgroup's limits failed");
+        }
         self.connect_shim().await?;
         self.sandbox = Some(Sandbox {
             network: net,
@@ -1647,7 +1652,10 @@ impl PodWorker {
         // One /dev/shm for the whole pod, like the sandbox's upstream (a volume the user
         // mounts there wins).
         if let Some(shm) = &sandbox.shared.shm
-            && !config.mounts.iter().any(|m| m.destination == std::path::Path::new("/dev/shm"))
+            && !config
+                .mounts
+                .iter()
+                .any(|m| m.destination == std::path::Path::new("/dev/shm"))
         {
             config.mounts.push(runtime::container::Mount {
                 destination: "/dev/shm".into(),
@@ -1988,6 +1996,66 @@ fn port_mappings(pod: &Pod) -> Vec<PortMapping> {
 }
 
 /// Why a container could not be started, by the waiting reason it maps to.
+/// The pod cgroup's limits as the kubelet computes them (pkg/kubelet/cm `ResourceConfigForPod`):
+/// memory and CPU quota only when every app container has that limit (the sum, or the largest
+/// init container's if larger, plus the pod overhead), CPU shares from the summed requests.
+fn pod_limits(pod: &Pod, pids_max: Option<i64>) -> runtime::container::PodLimits {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let quantity = |c: &Container, kind: &str, name: &str| -> Option<i64> {
+        let r = c.resources.as_ref()?;
+        let map = if kind == "limits" {
+            r.limits.as_ref()?
+        } else {
+            r.requests.as_ref()?
+        };
+        api::validation::parse_quantity(&map.get(name)?.0)
+            .ok()
+            .and_then(|m| i64::try_from(m).ok())
+    };
+    // Millis summed over app containers, `None` if one lacks it; the largest init container's
+    // if that is more (init containers run one at a time, before the app containers).
+    let total = |kind: &str, name: &str| -> Option<i64> {
+        let apps: Option<i64> = spec
+            .containers
+            .iter()
+            .map(|c| quantity(c, kind, name))
+            .sum();
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter_map(|c| quantity(c, kind, name))
+            .max()
+            .unwrap_or(0);
+        let overhead = spec
+            .overhead
+            .as_ref()
+            .and_then(|o| o.get(name))
+            .and_then(|q| api::validation::parse_quantity(&q.0).ok())
+            .and_then(|m| i64::try_from(m).ok())
+            .unwrap_or(0);
+        apps.map(|a| a.max(init) + overhead)
+    };
+    const PERIOD_US: u64 = 100_000;
+    let requested_cpu: i64 = spec
+        .containers
+        .iter()
+        .filter_map(|c| quantity(c, "requests", "cpu").or_else(|| quantity(c, "limits", "cpu")))
+        .sum();
+    runtime::container::PodLimits {
+        memory_bytes: total("limits", "memory").map(|millis| millis / 1000),
+        cpu_quota_us: total("limits", "cpu")
+            .map(|millis| (millis * PERIOD_US as i64 / 1000).max(1000)),
+        cpu_period_us: PERIOD_US,
+        cpu_shares: Some(
+            u64::try_from(requested_cpu * 1024 / 1000)
+                .unwrap_or(0)
+                .max(2),
+        ),
+        pids_max,
+    }
+}
+
 /// How often a failing configMap/secret volume is tried again.
 const API_VOLUME_RETRY: Duration = Duration::from_secs(2);
 
@@ -2049,6 +2117,37 @@ fn strip_times(status: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_limits_follow_the_kubelet() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "initContainers": [{"name": "i", "resources": {"limits": {"memory": "256Mi"}}}],
+                "containers": [
+                    {"name": "a", "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"cpu": "250m"}}},
+                    {"name": "b", "resources": {"limits": {"memory": "64Mi"}}},
+                ],
+            },
+        }))
+        .expect("pod");
+        let l = pod_limits(&pod, Some(100));
+        // The init container's 256Mi is more than the apps' 128Mi together.
+        assert_eq!(l.memory_bytes, Some(256 * 1024 * 1024));
+        // b has no cpu limit: no pod-wide quota.
+        assert_eq!(l.cpu_quota_us, None);
+        assert_eq!(l.cpu_shares, Some(256));
+        assert_eq!(l.pids_max, Some(100));
+        let besteffort: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}}),
+        )
+        .expect("pod");
+        let l = pod_limits(&besteffort, None);
+        assert_eq!(
+            (l.memory_bytes, l.cpu_quota_us, l.cpu_shares),
+            (None, None, Some(2))
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_the_second_restart_up_to_five_minutes() {

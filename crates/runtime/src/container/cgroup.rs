@@ -22,12 +22,32 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("writing {value:?} to {path:?}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("listing cgroup directory {path:?}")]
     List {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// Limits of a pod's own cgroup, the parent of its containers' (the kubelet's pod-level
+/// cgroup). `None` leaves that controller unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    pub memory_bytes: Option<i64>,
+    /// CPU quota in microseconds per `cpu_period_us`.
+    pub cpu_quota_us: Option<i64>,
+    pub cpu_period_us: u64,
+    /// v1 `cpu.shares` (converted to `cpu.weight` on v2).
+    pub cpu_shares: Option<u64>,
+    pub pids_max: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +125,86 @@ impl CgroupLayout {
     pub fn exists(self, cgroup_path: &str) -> bool {
         let relative = cgroup_path.trim_start_matches('/');
         !relative.is_empty() && self.hierarchies().iter().any(|h| h.join(relative).exists())
+    }
+
+    /// Creates the pod's cgroup (where missing) and writes its limits, before any container
+    /// is made under it. On v2 the controllers are enabled down the path first.
+    pub fn set_pod_limits(self, cgroup_path: &str, limits: &PodLimits) -> Result<(), CgroupError> {
+        let relative = cgroup_path.trim_start_matches('/');
+        let root = Path::new(CGROUP_ROOT);
+        let write = |path: PathBuf, value: String| -> Result<(), CgroupError> {
+            std::fs::write(&path, &value).map_err(|source| CgroupError::Write {
+                path,
+                value,
+                source,
+            })
+        };
+        let mkdir = |dir: &Path| -> Result<(), CgroupError> {
+            std::fs::create_dir_all(dir).map_err(|source| CgroupError::Write {
+                path: dir.to_path_buf(),
+                value: "(mkdir)".into(),
+                source,
+            })
+        };
+        match self {
+            CgroupLayout::V2 => {
+                // Each ancestor hands memory, cpu and pids down to its children.
+                let mut dir = root.to_path_buf();
+                for part in Path::new(relative).components() {
+                    let _ =
+                        std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu +pids");
+                    dir = dir.join(part);
+                    mkdir(&dir)?;
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    write(dir.join("memory.max"), bytes.to_string())?;
+                }
+                let quota = limits
+                    .cpu_quota_us
+                    .map_or("max".to_string(), |q| q.to_string());
+                write(
+                    dir.join("cpu.max"),
+                    format!("{quota} {}", limits.cpu_period_us),
+                )?;
+                if let Some(shares) = limits.cpu_shares {
+                    // The kubelet's conversion: shares 2..262144 → weight 1..10000.
+                    let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+                    write(dir.join("cpu.weight"), weight.to_string())?;
+                }
+                if let Some(pids) = limits.pids_max {
+                    write(dir.join("pids.max"), pids.to_string())?;
+                }
+            }
+            CgroupLayout::V1 | CgroupLayout::Hybrid => {
+                let dir = |controller: &str| root.join(controller).join(relative);
+                if let Some(bytes) = limits.memory_bytes {
+                    mkdir(&dir("memory"))?;
+                    write(
+                        dir("memory").join("memory.limit_in_bytes"),
+                        bytes.to_string(),
+                    )?;
+                }
+                if limits.cpu_quota_us.is_some() || limits.cpu_shares.is_some() {
+                    mkdir(&dir("cpu"))?;
+                    write(
+                        dir("cpu").join("cpu.cfs_period_us"),
+                        limits.cpu_period_us.to_string(),
+                    )?;
+                    write(
+                        dir("cpu").join("cpu.cfs_quota_us"),
+                        limits.cpu_quota_us.unwrap_or(-1).to_string(),
+                    )?;
+                    if let Some(shares) = limits.cpu_shares {
+                        write(dir("cpu").join("cpu.shares"), shares.to_string())?;
+                    }
+                }
+                if let Some(pids) = limits.pids_max {
+                    mkdir(&dir("pids"))?;
+                    write(dir("pids").join("pids.max"), pids.to_string())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the cgroup and its descendants from every hierarchy, deepest first. Missing

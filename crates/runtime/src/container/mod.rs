@@ -14,6 +14,7 @@
 //! kill, exec into and delete containers.
 
 pub mod cgroup;
+pub use cgroup::PodLimits;
 pub mod client;
 mod cri_log;
 pub mod protocol;
