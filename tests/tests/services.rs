@@ -43,7 +43,7 @@ spec:
       containers:
       - name: httpd
         image: busybox:1.36
-        command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && touch /tmp/ready && exec httpd -f -p 8080 -h /tmp/www"]
+        command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && hostname > /tmp/www/web && touch /tmp/ready && exec httpd -f -p 8080 -h /tmp/www"]
         ports: [{name: http, containerPort: 8080}]
         readinessProbe:
           exec: {command: ["cat", "/tmp/ready"]}
@@ -147,6 +147,52 @@ spec:
         k.run(&["get", "svc", "web-lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]).stdout == NODE_IP
     });
     wait_for("the LoadBalancer address", Duration::from_secs(15), || pods.contains(&curl(&format!("http://{NODE_IP}:8081/"))));
+
+    // Ingress: two hosts and two paths, each routed to the right Service, on the node's port 80.
+    k.run(&["create", "deployment", "api", "--image=busybox:1.36", "--", "sh", "-c", "mkdir -p /tmp/www/api && echo api > /tmp/www/index.html && echo api > /tmp/www/api/index.html && exec httpd -f -p 8080 -h /tmp/www"]).ok();
+    k.run(&["expose", "deployment", "api", "--port=80", "--target-port=8080"]).ok();
+    k.run(&["rollout", "status", "deployment/api", "--timeout=120s"]).ok();
+    env.create(
+        "ingress",
+        r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: sites
+spec:
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+  - host: b.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+      - {path: /web, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+"#,
+    );
+    let via_ingress = |host: &str, path: &str| {
+        env.netns()
+            .command("curl")
+            .args(["-sS", "--max-time", "3", "-H", &format!("Host: {host}"), &format!("http://{NODE_IP}{path}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    wait_for("the Ingress", Duration::from_secs(30), || pods.contains(&via_ingress("a.example.com", "/")));
+    assert_eq!(via_ingress("a.example.com", "/api/"), "api");
+    assert_eq!(via_ingress("b.example.com", "/"), "api");
+    assert!(pods.contains(&via_ingress("b.example.com", "/web")), "b.example.com/web");
+    assert!(via_ingress("c.example.com", "/").contains("no Ingress rule matches"), "unknown host");
+    wait_for("the Ingress status", Duration::from_secs(30), || {
+        k.run(&["get", "ingress", "sites", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]).stdout == NODE_IP
+    });
+    let out = k.run(&["get", "ingressclass"]).ok();
+    assert!(out.stdout.contains("skiff"), "{}", out.stdout);
+    k.run(&["delete", "ingress", "sites"]).ok();
+    k.run(&["delete", "deployment", "api"]).ok();
+    k.run(&["delete", "svc", "api"]).ok();
 
     // Scaling down: the remaining pod answers everything.
     k.run(&["scale", "deployment/web", "--replicas=1"]).ok();

@@ -179,6 +179,15 @@ pub struct ServerFlags {
     /// Do not run the built-in node (a control-plane-only server).
     #[arg(long)]
     pub disable_agent: bool,
+    /// Do not run the built-in Ingress controller.
+    #[arg(long)]
+    pub disable_ingress: bool,
+    /// The built-in Ingress controller's HTTP port on the node's address.
+    #[arg(long, default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// The built-in Ingress controller's HTTPS port on the node's address.
+    #[arg(long, default_value_t = 443)]
+    pub ingress_https_port: u16,
     #[command(flatten)]
     pub node: NodeFlags,
     /// Leader election: how long a leader Lease is valid (upstream 15s).
@@ -227,6 +236,8 @@ pub fn hostname() -> String {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// The built-in Ingress controller's (HTTP, HTTPS) ports, `None` when disabled.
+    pub ingress_ports: Option<(u16, u16)>,
     pub listen: SocketAddr,
     pub services: apiserver::service_alloc::ServiceNetworkConfig,
     pub backend: store::Backend,
@@ -293,6 +304,7 @@ impl ServerConfig {
             None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
         };
         Ok(ServerConfig {
+            ingress_ports: (!f.disable_ingress).then_some((f.ingress_http_port, f.ingress_https_port)),
             data_dir: f.data_dir,
             listen,
             services: apiserver::service_alloc::ServiceNetworkConfig {
@@ -378,6 +390,9 @@ mod tests {
             log_level: "info".into(),
             worker_threads: None,
             disable_agent: true,
+            disable_ingress: false,
+            ingress_http_port: 80,
+            ingress_https_port: 443,
             node: NodeFlags {
                 node_name: None,
                 node_ip: None,

@@ -145,6 +145,28 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
             }
         }))
     });
+    // The Ingress controller on the built-in node's address.
+    let ingress = config.node.clone().zip(config.ingress_ports).map(|(flags, (http, https))| {
+        let node_ip = flags.node_ip.unwrap_or_else(node::detect_node_ip);
+        let (client, shutdown) = (client_for_node.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let config = ingress::IngressConfig {
+                http_listen: std::net::SocketAddr::new(node_ip, http),
+                https_listen: Some(std::net::SocketAddr::new(node_ip, https)),
+                status_addresses: vec![node_ip],
+                ..Default::default()
+            };
+            match ingress::IngressServer::bind(client, config).await {
+                Ok(server) => {
+                    tracing::info!(http = %server.http_addr(), https = ?server.https_addr(), "ingress controller is serving");
+                    if let Err(e) = server.serve(shutdown).await {
+                        tracing::error!(error = %e, "the ingress controller failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the ingress controller could not start (--ingress-http-port / --ingress-https-port, or --disable-ingress)"),
+            }
+        })
+    });
     let node = config.node.clone().map(|flags| {
         let (client, shutdown, data_dir) = (client_for_node.clone(), shutdown.clone(), config.data_dir.clone());
         tokio::spawn(async move {
@@ -158,6 +180,9 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     shutdown.cancel();
     if let Some(node) = node {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node).await;
+    }
+    if let Some(ingress) = ingress {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ingress).await;
     }
     if let Some(dns) = dns {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), dns).await;
