@@ -21,7 +21,7 @@ impl CgroupRoot {
         *self.1.borrow_mut() = Some(dir);
     }
 
-    fn kill_leftovers(&self) {
+    pub fn kill_leftovers(&self) {
         let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
         for e in entries.flatten() {
             let root = e.path().join(&self.0);
@@ -214,6 +214,10 @@ impl Drop for NodeEnv {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = self.k.run(&["delete", "pods", "--all", "--grace-period=1", "--timeout=30s"]);
+            // Stop the server and undo what its node left (processes, mounts) before the
+            // server's temp dir is removed, or the removal fails on busy mount points.
+            self.server.terminate();
+            self.cgroup_root.kill_leftovers();
         }
     }
 }

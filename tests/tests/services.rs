@@ -122,6 +122,10 @@ spec:
         pod_ips.iter().all(|ip| out.contains(ip.as_str()))
     });
 
+    // SRV for a named port: one target per endpoint, with the port.
+    let out = k.run(&["exec", "client", "--", "nslookup", "-type=srv", "_http._tcp.web-headless.default.svc.cluster.local"]).ok();
+    assert!(out.stdout.contains("8080") && out.stdout.contains("web-headless.default.svc.cluster.local"), "{}", out.stdout);
+
     // No endpoints: refused at once, not a timeout.
     k.run(&["create", "service", "clusterip", "nobody", "--tcp=80:80"]).ok();
     let empty_ip = k.run(&["get", "svc", "nobody", "-o", "jsonpath={.spec.clusterIP}"]).ok().stdout;

@@ -100,6 +100,21 @@ fn a_deployment_is_created_healed_scaled_rolled_out_rolled_back_and_deleted() {
     let out = k.run(&["get", "rs", "-l", "app=web", "--no-headers"]).ok();
     assert_eq!(out.stdout.lines().count(), 2, "the undo reuses the first ReplicaSet: {}", out.stdout);
 
+    // pause: a template change waits; resume rolls it out; restart rolls the same template anew.
+    k.run(&["rollout", "pause", "deployment/web"]).ok();
+    k.run(&["set", "env", "deployment/web", "STAGE=paused"]).ok();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = k.run(&["get", "rs", "-l", "app=web", "--no-headers"]).ok();
+    assert_eq!(out.stdout.lines().count(), 2, "a paused deployment rolled out: {}", out.stdout);
+    k.run(&["rollout", "resume", "deployment/web"]).ok();
+    assert!(rollout_status(&env, "120s").status.success());
+    let out = k.run(&["rollout", "restart", "deployment/web"]).ok();
+    assert_eq!(out.stdout.trim(), "deployment.apps/web restarted");
+    assert!(rollout_status(&env, "120s").status.success());
+    let out = k.run(&["get", "deployment", "web", "-o", "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]).ok();
+    assert_eq!(out.stdout, "5");
+    wait_running(&env, "web", 2, Duration::from_secs(60));
+
     // An image that cannot be pulled stalls the rollout and keeps the old pods serving.
     let before = wait_running(&env, "web", 2, Duration::from_secs(10));
     k.run(&["set", "image", "deployment/web", "busybox=busybox:does-not-exist"]).ok();
