@@ -124,8 +124,18 @@ fn a_deployment_is_created_healed_scaled_rolled_out_rolled_back_and_deleted() {
     let old_running: Vec<&String> = now.iter().filter(|(_, phase, del)| phase == "Running" && !del).map(|(n, ..)| n).collect();
     assert_eq!(old_running.len(), 2, "{now:?}");
     assert!(before.iter().all(|b| old_running.contains(&b)), "old pods were taken down: {before:?} → {now:?}");
-    let out = k.run(&["get", "pods", "-l", "app=web"]).ok();
-    assert!(out.stdout.contains("ErrImagePull") || out.stdout.contains("ImagePullBackOff"), "{}", out.stdout);
+    // The pull fails once the registry lookup gives up (no network leaves the test namespace).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = k.run(&["get", "pods", "-l", "app=web"]).ok();
+        if out.stdout.contains("ErrImagePull") || out.stdout.contains("ImagePullBackOff") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the missing image never failed to pull:\n{}", out.stdout);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let still: Vec<(String, String, bool)> = pods(&env, "web");
+    assert!(before.iter().all(|b| still.iter().any(|(n, phase, del)| n == b && phase == "Running" && !del)), "old pods were taken down: {still:?}");
 
     // Deleting the Deployment removes its ReplicaSets and pods.
     k.run(&["delete", "deployment", "web"]).ok();
