@@ -113,6 +113,8 @@ impl NodeEnv {
             "--cgroup-root", &cgroup_root.0,
             "--log-root", logs.path().to_str().unwrap_or_default(),
             "--restart-backoff", "1s",
+            // Like kind: the host's free disk must not decide whether the test can schedule.
+            "--eviction-hard", "memory.available<0,nodefs.available<0%",
         ];
         args.extend_from_slice(extra);
         let server = Server::start_in(Some(netns), &args);

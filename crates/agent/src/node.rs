@@ -41,8 +41,23 @@ const LEASE_DURATION_SECONDS: i32 = 40;
 
 /// The kubelet's default hard eviction thresholds (`memory.available<100Mi`,
 /// `nodefs.available<10%`), which allocatable subtracts and the pressure conditions test.
-const EVICTION_MEMORY_AVAILABLE: u64 = 100 << 20;
-const EVICTION_NODEFS_AVAILABLE_PERCENT: u64 = 10;
+/// The kubelet's hard eviction thresholds that decide MemoryPressure and DiskPressure and are
+/// held back from allocatable (`--eviction-hard`, upstream default
+/// `memory.available<100Mi,nodefs.available<10%`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvictionThresholds {
+    pub memory_available_bytes: u64,
+    pub nodefs_available_percent: u64,
+}
+
+impl Default for EvictionThresholds {
+    fn default() -> Self {
+        EvictionThresholds {
+            memory_available_bytes: 100 << 20,
+            nodefs_available_percent: 10,
+        }
+    }
+}
 
 /// Why the agent could not start or stopped. `Register` and `Lease` are retried inside [`run`]
 /// and only reported when shutdown interrupts them; the others need a configuration fix.
@@ -94,6 +109,8 @@ pub struct AgentConfig {
     pub backoff_base: Duration,
     /// The most processes one pod may run (the kubelet's `--pod-max-pids`); `None`: no limit.
     pub pod_max_pids: Option<i64>,
+    /// Hard eviction thresholds (MemoryPressure, DiskPressure, allocatable).
+    pub eviction: EvictionThresholds,
     /// How often running pods' configMap/secret/downwardAPI volumes are refreshed (the
     /// kubelet's `--sync-frequency`, 1 minute).
     pub sync_frequency: Duration,
@@ -136,6 +153,7 @@ impl AgentConfig {
             backoff_base: Duration::from_secs(10),
             sync_frequency: Duration::from_secs(60),
             pod_max_pids: None,
+            eviction: EvictionThresholds::default(),
             max_pods: 110,
             kubelet_port: 10250,
             node_ip,
@@ -463,14 +481,14 @@ fn condition(
 
 /// The node's conditions with upstream's reasons and messages (pkg/kubelet/nodestatus).
 /// Heartbeat and transition times are filled in by the caller.
-pub fn node_conditions(facts: &HostFacts) -> Vec<NodeCondition> {
+pub fn node_conditions(facts: &HostFacts, eviction: &EvictionThresholds) -> Vec<NodeCondition> {
     let memory_pressure =
-        facts.memory_bytes > 0 && facts.memory_available_bytes < EVICTION_MEMORY_AVAILABLE;
+        facts.memory_bytes > 0 && facts.memory_available_bytes < eviction.memory_available_bytes;
     let disk_pressure = facts.disk_bytes > 0
         && facts.disk_available_bytes.saturating_mul(100)
             < facts
                 .disk_bytes
-                .saturating_mul(EVICTION_NODEFS_AVAILABLE_PERCENT);
+                .saturating_mul(eviction.nodefs_available_percent);
     vec![
         condition(
             "MemoryPressure",
@@ -523,17 +541,17 @@ pub fn node_status(
     let mut allocatable = capacity.clone();
     allocatable.insert(
         "memory".to_string(),
-        binary_si(facts.memory_bytes.saturating_sub(EVICTION_MEMORY_AVAILABLE)),
+        binary_si(facts.memory_bytes.saturating_sub(config.eviction.memory_available_bytes)),
     );
     allocatable.insert(
         "ephemeral-storage".to_string(),
         Quantity(
-            (facts.disk_bytes - facts.disk_bytes * EVICTION_NODEFS_AVAILABLE_PERCENT / 100)
+            (facts.disk_bytes - facts.disk_bytes * config.eviction.nodefs_available_percent.min(100) / 100)
                 .to_string(),
         ),
     );
     let time = Time(now.round(jiff::Unit::Second).unwrap_or(now));
-    let conditions = node_conditions(facts)
+    let conditions = node_conditions(facts, &config.eviction)
         .into_iter()
         .map(|mut c| {
             let kept = previous

@@ -92,6 +92,10 @@ pub struct NodeFlags {
     /// First container restart back-off (doubles up to 300s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub restart_backoff: Duration,
+    /// Hard eviction thresholds, the kubelet's syntax: `memory.available<100Mi,nodefs.available<10%`.
+    /// Below them the node reports MemoryPressure / DiskPressure (and is tainted).
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%", value_parser = parse_eviction_hard)]
+    pub eviction_hard: agent::node::EvictionThresholds,
     /// The most processes one pod may run (the kubelet's flag; -1: no limit).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub pod_max_pids: i64,
@@ -350,6 +354,34 @@ impl ServerConfig {
 }
 
 /// `90s`, `5m`, `1h`, `1h30m`, or plain seconds.
+/// `--eviction-hard`: `signal<threshold` pairs, comma-separated; signals not named keep their
+/// defaults. memory.available takes a quantity, nodefs.available a percentage.
+pub fn parse_eviction_hard(s: &str) -> Result<agent::node::EvictionThresholds, String> {
+    let mut out = agent::node::EvictionThresholds::default();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (signal, value) = pair
+            .split_once('<')
+            .ok_or_else(|| format!("{pair:?}: expected SIGNAL<THRESHOLD, e.g. nodefs.available<10%"))?;
+        match signal.trim() {
+            "memory.available" => {
+                let millis = api::validation::parse_quantity(value.trim()).map_err(|e| format!("{pair:?}: {e}"))?;
+                out.memory_available_bytes = u64::try_from(millis / 1000).map_err(|_| format!("{pair:?}: must not be negative"))?;
+            }
+            "nodefs.available" => {
+                let pct = value
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .filter(|p| *p <= 100)
+                    .ok_or_else(|| format!("{pair:?}: nodefs.available takes a percentage like 10%"))?;
+                out.nodefs_available_percent = pct;
+            }
+            other => return Err(format!("{other:?} is not a supported eviction signal (memory.available, nodefs.available)")),
+        }
+    }
+    Ok(out)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
@@ -409,6 +441,7 @@ mod tests {
                 restart_backoff: Duration::from_secs(10),
                 sync_frequency: Duration::from_secs(60),
                 pod_max_pids: -1,
+                eviction_hard: agent::node::EvictionThresholds::default(),
                 node_lease_renew: Duration::from_secs(10),
             },
             leader_lease_duration: Duration::from_secs(15),
@@ -423,6 +456,15 @@ mod tests {
             service_node_port_range: "30000-32767".parse().expect("range"),
             advertise_address: None,
         }
+    }
+
+    #[test]
+    fn eviction_thresholds_parse_like_the_kubelet() {
+        let t = parse_eviction_hard("memory.available<200Mi,nodefs.available<5%").expect("parse");
+        assert_eq!((t.memory_available_bytes, t.nodefs_available_percent), (200 << 20, 5));
+        assert_eq!(parse_eviction_hard("nodefs.available<0%").expect("parse").memory_available_bytes, 100 << 20);
+        assert!(parse_eviction_hard("imagefs.available<15%").expect_err("unknown").contains("imagefs.available"));
+        assert!(parse_eviction_hard("nodefs.available<10").is_err());
     }
 
     #[test]

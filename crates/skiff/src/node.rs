@@ -36,6 +36,7 @@ pub async fn run(flags: NodeFlags, data_dir: &Path, client: kube::Client, shutdo
     config.backoff_base = flags.restart_backoff;
     config.sync_frequency = flags.sync_frequency;
     config.pod_max_pids = (flags.pod_max_pids > 0).then_some(flags.pod_max_pids);
+    config.eviction = flags.eviction_hard;
     let dns_servers: Vec<String> = flags.cluster_dns.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
     for server in &dns_servers {
         server.parse::<std::net::IpAddr>().map_err(|_| anyhow::anyhow!("--cluster-dns {server:?} is not an IP address"))?;
