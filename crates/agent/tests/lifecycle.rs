@@ -691,7 +691,8 @@ async fn pre_stop_runs_before_the_stop_signal_within_the_grace_period() {
         .create_pod(
             "http",
             json!({"terminationGracePeriodSeconds": 5, "volumes": volume, "containers": [{"name": "main", "image": IMAGE,
-                "command": ["sh", "-c", "printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n' | nc -l -p 8080 > /out/request; sleep 1000"],
+                // stdin stays open a while: busybox nc closes on stdin EOF, maybe before the request is read.
+                "command": ["sh", "-c", "(printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n'; sleep 3) | nc -l -p 8080 > /out/request; sleep 1000"],
                 "volumeMounts": mounts,
                 "lifecycle": {"preStop": {"httpGet": {"path": "/shutdown", "port": 8080, "httpHeaders": [{"name": "X-Reason", "value": "deletion"}]}}}}]}),
         )
