@@ -1,6 +1,8 @@
 //! Component tests: an in-process API server, the cluster DNS on 127.0.0.1:0 (UDP and TCP),
 //! and a fake upstream resolver on another loopback port. Queries go through hickory's client.
 
+// The in-process API server harness the controllers' tests use, shared rather than copied.
+#[path = "../../controllers/tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! resources, selectors, affinity, taints, host ports, anti-affinity and topology spread; the
 //! exact FailedScheduling message; event-driven retry when a node appears; preemption.
 
+// The in-process API server harness the controllers' tests use, shared rather than copied.
+#[path = "../../controllers/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
