@@ -2,6 +2,8 @@
 //! hyper servers on 127.0.0.1 answering with their own name, and the ingress proxy on
 //! 127.0.0.1:0. Loopback only.
 
+// The in-process API server harness the controllers' tests use, shared rather than copied.
+#[path = "../../controllers/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -441,7 +443,11 @@ async fn unavailable_backends_get_503_502_and_504_with_clear_bodies() {
         ])]}
     }))
     .await;
-    let empty = eventually(c.ingress, "h", "/empty", |a| a.status != 404).await;
+    // Routed, and the Service itself seen by the proxy's watch (not only the Ingress).
+    let empty = eventually(c.ingress, "h", "/empty", |a| {
+        a.status != 404 && !a.body.contains("does not exist")
+    })
+    .await;
     assert_eq!(empty.status, 503);
     assert_eq!(
         empty.body,
