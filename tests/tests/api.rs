@@ -274,8 +274,18 @@ fn binding_assigns_a_node_once_and_scale_and_eviction_work() {
         let (c, b) = post_json(&s, pods, &json!({"metadata": {"name": name, "labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}));
         assert_eq!(c, 201, "{b}");
     }
-    let (c, b) = post_json(&s, &format!("{pods}/p1/binding"), &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"kind": "Node", "name": "n1"}}));
+    let (c, b) = post_json(&s, &format!("{pods}/p1/binding"), &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1", "annotations": {"example.com/placed-by": "test"}}, "target": {"kind": "Node", "name": "n1"}}));
     assert_eq!(c, 201, "{b}");
+    // Like upstream's BindingREST: node, the Binding's annotations and PodScheduled in one
+    // write, and no managed-fields entry for it.
+    let (_, body) = http_get(&format!("{}{pods}/p1", s.url)).expect("get");
+    let p1: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(p1["spec"]["nodeName"], "n1");
+    assert_eq!(p1["metadata"]["annotations"]["example.com/placed-by"], "test");
+    assert_eq!(p1["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(p1["status"]["conditions"][0]["status"], "True");
+    let managers = p1["metadata"]["managedFields"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(managers, 1, "only the creator manages fields: {}", p1["metadata"]["managedFields"]);
     let (c, b) = post_json(&s, &format!("{pods}/p1/binding"), &json!({"metadata": {"name": "p1"}, "target": {"name": "n2"}}));
     assert_status(c, &b, 409, "Conflict", "already assigned to node \"n1\"");
     let (c, b) = post_json(&s, "/api/v1/namespaces/default/bindings", &json!({"metadata": {"name": "p2"}, "target": {"name": "n2"}}));

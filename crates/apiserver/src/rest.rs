@@ -361,8 +361,9 @@ async fn store_new(
 pub enum UpdateKind {
     Main,
     Status,
-    /// `pods/binding`: sets `spec.nodeName`, which pod update validation otherwise forbids
-    /// (upstream's BindingREST writes it without the pod update strategy).
+    /// `pods/binding`: sets `spec.nodeName` and the PodScheduled condition in one write, which
+    /// pod update validation otherwise forbids (upstream's BindingREST writes it without the
+    /// pod update strategy and without managed fields).
     Binding,
 }
 
@@ -410,12 +411,19 @@ where
                 ));
             }
         }
-        let mut new = strategy::merge_for_update(res, new, &current, kind == UpdateKind::Status);
+        // A binding's mutation writes spec and status together from the current object, and
+        // records no managed fields: upstream's BindingREST updates the pod in storage directly,
+        // outside the pod strategy and the field manager.
+        let mut new = if kind == UpdateKind::Binding {
+            new
+        } else {
+            strategy::merge_for_update(res, new, &current, kind == UpdateKind::Status)
+        };
         preserve_system_metadata(&mut new, &current, name);
         if kind == UpdateKind::Main {
             api::defaults::apply_defaults(res.group, res.version, res.kind, &mut new);
         }
-        if !opts.applied {
+        if !opts.applied && kind != UpdateKind::Binding {
             let sub = if kind == UpdateKind::Status { Some("status") } else { opts.subresource };
             let av = res.api_version();
             api::apply::record_update(Some(&current), &mut new, &opts.manager, &target(res, &av, sub), &object::now_rfc3339());

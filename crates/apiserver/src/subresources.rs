@@ -154,6 +154,9 @@ async fn bind(state: &SharedState, res: &'static Resource, ns: Option<&str>, nam
         .ok_or_else(|| ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")))?
         .to_string();
     let opts = WriteOptions { field_validation: crate::request::FieldValidation::Ignore, ..WriteOptions::from_request(q, headers)? };
+    let annotations = binding.pointer("/metadata/annotations").and_then(Value::as_object).cloned();
+    // One write, like upstream's setPodNodeAndMetadata: the node, the Binding's annotations and
+    // the PodScheduled condition land together, so watchers see a single MODIFIED event.
     rest::update(state, res, ns, name, UpdateKind::Binding, &opts, |cur| {
         if object::deletion_timestamp(cur).is_some() {
             return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));
@@ -163,20 +166,19 @@ async fn bind(state: &SharedState, res: &'static Resource, ns: Option<&str>, nam
         }
         let mut next = cur.clone();
         next["spec"]["nodeName"] = json!(node);
-        if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
+        if let Some(extra) = &annotations {
+            let meta = object::meta_mut(&mut next);
+            let target = meta.entry("annotations").or_insert_with(|| json!({}));
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Some(target) = target.as_object_mut() {
+                for (k, v) in extra {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
         }
-        Ok((next, None))
-    })
-    .await?;
-    // The PodScheduled condition lives in status: set it through the status path.
-    rest::update(state, res, ns, name, UpdateKind::Status, &opts, |cur| {
-        let mut next = cur.clone();
-        let now = object::now_rfc3339();
-        let mut conditions: Vec<Value> = cur.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
-        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
-        next["status"]["conditions"] = json!(conditions);
+        set_pod_scheduled(&mut next);
         if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
@@ -184,6 +186,26 @@ async fn bind(state: &SharedState, res: &'static Resource, ns: Option<&str>, nam
     })
     .await?;
     Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), ResponseShape::Object, &[]))
+}
+
+/// Upstream's `UpdatePodCondition` for PodScheduled=True: the transition time moves only when
+/// the status changes; a pod marked Unschedulable before keeps its other conditions.
+fn set_pod_scheduled(pod: &mut Value) {
+    let now = object::now_rfc3339();
+    if !pod.get("status").is_some_and(Value::is_object) {
+        pod["status"] = json!({});
+    }
+    let status = &mut pod["status"];
+    if !status.get("conditions").is_some_and(Value::is_array) {
+        status["conditions"] = json!([]);
+    }
+    let Some(conditions) = status["conditions"].as_array_mut() else { return };
+    let fresh = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    match conditions.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled")) {
+        Some(c) if c.get("status").and_then(Value::as_str) == Some("True") => {}
+        Some(c) => *c = fresh,
+        None => conditions.push(fresh),
+    }
 }
 
 /// `POST pods/<name>/eviction`: deletes the pod unless its PodDisruptionBudget forbids it
