@@ -200,11 +200,11 @@ impl Watcher {
         if api::conversion::needs_conversion(self.res) {
             // Another served shape of the same storage (events.k8s.io Events).
             let object = api::conversion::from_storage(self.res, &ev.object);
-            let prev = ev.prev.as_ref().map(|p| api::conversion::from_storage(self.res, p));
+            let prev = ev.prev().map(|p| api::conversion::from_storage(self.res, p));
             let Some(t) = self.event_type_for(ev.event_type, &object, prev.as_ref()) else { return true };
             return self.send_object(t, &object).await;
         }
-        let Some(t) = self.event_type_for(ev.event_type, &ev.object, ev.prev.as_deref()) else { return true };
+        let Some(t) = self.event_type_for(ev.event_type, &ev.object, ev.prev()) else { return true };
         if self.shape == ResponseShape::Object {
             // The shared serialization: no per-watcher encoding of the object.
             let mut line = Vec::with_capacity(64 + 512);

@@ -47,12 +47,34 @@ pub struct CachedEvent {
     pub revision: Revision,
     /// The object after the change; for a delete, its last state with the delete's revision.
     pub object: Arc<Value>,
-    /// The object before the change (None when created).
-    pub prev: Option<Arc<Value>>,
+    /// The stored bytes of the object before a modification, decoded on first use: only
+    /// watchers with a selector look at it (to tell an object entering or leaving their
+    /// selection), and keeping it undecoded holds the window's memory to one decoded object per
+    /// event.
+    prev_raw: Option<(Bytes, Revision)>,
+    prev: OnceLock<Option<Arc<Value>>>,
     json: OnceLock<Bytes>,
 }
 
+/// A stored value as the API object it is: JSON, with its revision as resourceVersion. None for
+/// values that are not JSON objects (never written by this server).
+fn decode_stored(value: &[u8], rev: Revision) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(value).ok()?;
+    if !v.is_object() {
+        return None;
+    }
+    object::set_resource_version(&mut v, rev);
+    Some(v)
+}
+
 impl CachedEvent {
+    /// The object before a modification (None for creations and deletions).
+    pub fn prev(&self) -> Option<&Value> {
+        self.prev
+            .get_or_init(|| self.prev_raw.as_ref().and_then(|(raw, rev)| decode_stored(raw, *rev)).map(Arc::new))
+            .as_deref()
+    }
+
     /// The object serialized once, shared by all watchers that want plain JSON.
     pub fn object_json(&self) -> Bytes {
         self.json.get_or_init(|| Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default())).clone()
@@ -61,23 +83,17 @@ impl CachedEvent {
     /// Decodes a store event. Returns None for values that are not JSON objects (never written
     /// by this server; skipped rather than breaking every watcher).
     pub fn from_store(ev: store::Event) -> Option<CachedEvent> {
-        let decode = |kv: &store::KeyValue, rev: Revision| -> Option<Value> {
-            let mut v: Value = serde_json::from_slice(&kv.value).ok()?;
-            if !v.is_object() {
-                return None;
-            }
-            object::set_resource_version(&mut v, rev);
-            Some(v)
-        };
-        let prev = ev.prev_kv.as_ref().and_then(|p| decode(p, p.mod_revision)).map(Arc::new);
-        let (event_type, object) = match ev.kind {
+        let (event_type, object, prev_raw) = match ev.kind {
             EventKind::Put => {
-                let t = if ev.prev_kv.is_some() { WatchEventType::Modified } else { WatchEventType::Added };
-                (t, decode(&ev.kv, ev.kv.mod_revision)?)
+                let object = decode_stored(&ev.kv.value, ev.kv.mod_revision)?;
+                match ev.prev_kv {
+                    Some(p) => (WatchEventType::Modified, object, Some((p.value, p.mod_revision))),
+                    None => (WatchEventType::Added, object, None),
+                }
             }
             EventKind::Delete => {
                 let p = ev.prev_kv.as_ref()?;
-                (WatchEventType::Deleted, decode(p, ev.kv.mod_revision)?)
+                (WatchEventType::Deleted, decode_stored(&p.value, ev.kv.mod_revision)?, None)
             }
         };
         Some(CachedEvent {
@@ -85,7 +101,8 @@ impl CachedEvent {
             key: ev.kv.key,
             revision: ev.kv.mod_revision,
             object: Arc::new(object),
-            prev,
+            prev_raw,
+            prev: OnceLock::new(),
             json: OnceLock::new(),
         })
     }
