@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -60,7 +60,7 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Disrupti
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let pod_events =
-        kube::runtime::reflector(pod_writer, watcher(pods, watcher::Config::default()));
+        kube::runtime::reflector(pod_writer, watcher(pods, watcher::Config::default()).modify(crate::without_managed_fields));
     let controller = Controller::new(budgets, watcher::Config::default());
     let state = Arc::new(State {
         client: ctx.client.clone(),

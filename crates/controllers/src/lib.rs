@@ -247,3 +247,10 @@ where
         }
     }
 }
+
+/// Drops `metadata.managedFields` from an object an informer keeps. No controller reads them,
+/// and they are often the largest part of an object in memory (kube-rs recommends the same);
+/// an update sent from such a copy omits the field, which keeps the stored entries.
+pub fn without_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}

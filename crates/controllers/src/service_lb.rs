@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -46,7 +46,7 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), ServiceL
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let (node_store, node_writer) = kube::runtime::reflector::store();
     let node_events =
-        kube::runtime::reflector(node_writer, watcher(nodes, watcher::Config::default()));
+        kube::runtime::reflector(node_writer, watcher(nodes, watcher::Config::default()).modify(crate::without_managed_fields));
     let controller = Controller::new(services, watcher::Config::default());
     let state = Arc::new(State {
         client: ctx.client.clone(),

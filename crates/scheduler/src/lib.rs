@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod}
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -346,7 +346,7 @@ async fn watch_pods(
     let api: Api<Pod> = Api::all(shared.client.clone());
     // Terminal pods hold no resources; the server sends DELETED when a pod stops matching.
     let config = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let mut stream = watcher(api, config).boxed();
+    let mut stream = watcher(api, config).modify(controllers::without_managed_fields).boxed();
     let mut known: HashSet<PodKey> = HashSet::new();
     let mut relisted: HashSet<PodKey> = HashSet::new();
     let mut done = false;
@@ -396,7 +396,7 @@ async fn watch_nodes(
     cancel: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let api: Api<Node> = Api::all(shared.client.clone());
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default()).modify(controllers::without_managed_fields).boxed();
     let mut known: HashSet<String> = HashSet::new();
     let mut relisted: HashSet<String> = HashSet::new();
     let mut done = false;
@@ -445,7 +445,7 @@ async fn watch_priority_classes(
     cancel: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let api: Api<PriorityClass> = Api::all(shared.client.clone());
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default()).modify(controllers::without_managed_fields).boxed();
     let mut done = false;
     let mut relisted = PriorityClasses::default();
     let apply = |classes: &mut PriorityClasses, pc: &PriorityClass| {
@@ -508,7 +508,7 @@ async fn watch_namespaces(
     cancel: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let api: Api<Namespace> = Api::all(shared.client.clone());
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default()).modify(controllers::without_managed_fields).boxed();
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

@@ -362,7 +362,7 @@ async fn run_informer<K>(
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let reader: Store<K> = writer.as_reader();
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, watcher::Config::default()).modify(crate::without_managed_fields).default_backoff();
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {
@@ -402,7 +402,7 @@ async fn run_pod_watch(
     cancel: CancellationToken,
     on_change: impl Fn(Change<'_, Pod>),
 ) {
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, watcher::Config::default()).modify(crate::without_managed_fields).default_backoff();
     let mut stream = std::pin::pin!(stream);
     loop {
         let event = tokio::select! {

@@ -145,7 +145,7 @@ pub(crate) async fn run<K>(
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let kind = K::kind(&());
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, watcher::Config::default()).modify(crate::without_managed_fields).default_backoff();
     let mut stream = std::pin::pin!(stream);
     // Keys not yet seen in the relist under way; whatever remains at its end was deleted
     // while the watch was down.

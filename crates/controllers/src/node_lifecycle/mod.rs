@@ -248,7 +248,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+        reflector::reflector(writer, watcher(api, watcher::Config::default()).modify(crate::without_managed_fields)).default_backoff();
     watches.spawn(async move {
         stream
             .for_each(|event| {

@@ -149,7 +149,7 @@ pub(crate) async fn run_pod_informer(
     handlers: Vec<Arc<dyn PodEventHandler>>,
     cancel: CancellationToken,
 ) {
-    let stream = watcher(pods, watcher::Config::default()).default_backoff();
+    let stream = watcher(pods, watcher::Config::default()).modify(crate::without_managed_fields).default_backoff();
     let mut stream = std::pin::pin!(stream);
     // Keys not yet seen in the relist under way; whatever remains at its end was deleted
     // while the watch was down.
@@ -198,7 +198,7 @@ pub(crate) async fn run_owner_informer<K: ReplicaOwner>(
     cancel: CancellationToken,
 ) {
     let reader: Store<K> = writer.as_reader();
-    let stream = watcher(owners, watcher::Config::default()).default_backoff();
+    let stream = watcher(owners, watcher::Config::default()).modify(crate::without_managed_fields).default_backoff();
     let mut stream = std::pin::pin!(stream);
     // During a relist the store keeps the previous list until InitDone; the callbacks for
     // the listed objects run then, against what the store held before.
