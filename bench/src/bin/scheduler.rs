@@ -96,6 +96,9 @@ async fn start(client: &reqwest::Client) -> anyhow::Result<ServerProc> {
         .args([
             "server",
             "--disable-agent",
+            // A /24 per node for 5,000 nodes needs a /11; the default /16 holds 256.
+            "--cluster-cidr",
+            "10.0.0.0/11",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--log-level",
