@@ -69,6 +69,18 @@ fn a_deployment_is_created_healed_scaled_rolled_out_rolled_back_and_deleted() {
     assert_eq!(out.stdout.lines().filter(|l| l.contains("1/1") && l.contains("Running")).count(), 3, "{}", out.stdout);
     let out = k.run(&["get", "deployment", "web"]).ok();
     assert!(out.stdout.lines().nth(1).is_some_and(|r| r.contains("3/3")), "{}", out.stdout);
+    // One /metrics for the server process: the scheduler counted these placements, and the
+    // cluster DNS and ingress families are there too.
+    let metrics = k.run(&["get", "--raw", "/metrics"]).ok().stdout;
+    let scheduled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("scheduler_schedule_attempts_total{result=\"scheduled\",profile=\"default-scheduler\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(scheduled >= 3, "scheduler_schedule_attempts_total: {scheduled}\n{metrics}");
+    for family in ["scheduler_scheduling_algorithm_duration_seconds", "skiff_scheduler_binds", "skiff_dns_forward_failures", "skiff_ingress_upstream_connect_failures"] {
+        assert!(metrics.contains(&format!("# TYPE {family} ")), "/metrics lacks {family}:\n{metrics}");
+    }
 
     // A deleted pod is replaced.
     k.run(&["delete", "pod", &first[0], "--wait=false"]).ok();

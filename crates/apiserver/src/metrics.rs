@@ -66,6 +66,13 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Adds another component's metrics (scheduler, cluster DNS, ingress) to this `/metrics`:
+    /// one endpoint for the whole server process, like upstream's legacy registry.
+    pub fn register(&self, add: impl FnOnce(&mut Registry)) {
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        add(&mut reg);
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());

@@ -27,7 +27,6 @@ pub mod resources;
 pub mod schedule_one;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +37,11 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -72,41 +76,71 @@ pub enum SchedulerError {
     WatchEnded { resource: &'static str },
 }
 
-/// Counters for logs and [`metrics_text`].
-#[derive(Default)]
-struct Metrics {
-    attempts_scheduled: AtomicU64,
-    attempts_unschedulable: AtomicU64,
-    attempts_error: AtomicU64,
-    binds: AtomicU64,
-    bind_failures: AtomicU64,
-    preemption_victims: AtomicU64,
-    /// Sum of scheduling-cycle durations in microseconds.
-    cycle_micros: AtomicU64,
+/// The `result` label of `scheduler_schedule_attempts_total` (upstream's names and values).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    result: &'static str,
+    profile: &'static str,
 }
 
-static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
+/// The scheduler's Prometheus metrics, process-wide like upstream's legacy registry; exposed
+/// on the server's `/metrics` through [`register_metrics`].
+struct Metrics {
+    attempts: Family<AttemptLabels, Counter>,
+    algorithm_duration: Histogram,
+    binds: Counter,
+    bind_failures: Counter,
+    preemption_victims: Counter,
+}
 
-/// Prometheus-style text of the scheduler's counters (upstream metric names where they exist).
-pub fn metrics_text() -> String {
+impl Metrics {
+    fn attempt(&self, result: &'static str) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                result,
+                profile: DEFAULT_SCHEDULER_NAME,
+            })
+            .inc();
+    }
+}
+
+static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| Metrics {
+    attempts: Family::default(),
+    // Upstream's buckets: 1 ms doubling 15 times.
+    algorithm_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+    binds: Counter::default(),
+    bind_failures: Counter::default(),
+    preemption_victims: Counter::default(),
+});
+
+/// Adds the scheduler's metrics to `registry` (upstream metric names where they exist).
+pub fn register_metrics(registry: &mut Registry) {
     let m = &*METRICS;
-    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    format!(
-        "scheduler_schedule_attempts_total{{result=\"scheduled\"}} {}\n\
-         scheduler_schedule_attempts_total{{result=\"unschedulable\"}} {}\n\
-         scheduler_schedule_attempts_total{{result=\"error\"}} {}\n\
-         scheduler_binds_total {}\n\
-         scheduler_bind_failures_total {}\n\
-         scheduler_preemption_victims_total {}\n\
-         scheduler_scheduling_algorithm_duration_microseconds_sum {}\n",
-        g(&m.attempts_scheduled),
-        g(&m.attempts_unschedulable),
-        g(&m.attempts_error),
-        g(&m.binds),
-        g(&m.bind_failures),
-        g(&m.preemption_victims),
-        g(&m.cycle_micros),
-    )
+    registry.register(
+        "scheduler_schedule_attempts",
+        "Attempts to schedule pods, by result: scheduled, unschedulable, or error",
+        m.attempts.clone(),
+    );
+    registry.register(
+        "scheduler_scheduling_algorithm_duration_seconds",
+        "Scheduling algorithm latency (filtering and scoring one pod)",
+        m.algorithm_duration.clone(),
+    );
+    registry.register(
+        "skiff_scheduler_binds",
+        "Bindings the API server accepted",
+        m.binds.clone(),
+    );
+    registry.register(
+        "skiff_scheduler_bind_failures",
+        "Bindings the API server refused or that failed in transit",
+        m.bind_failures.clone(),
+    );
+    registry.register(
+        "skiff_scheduler_preemption_victims",
+        "Pods deleted to make room for higher-priority pods",
+        m.preemption_victims.clone(),
+    );
 }
 
 /// PriorityClass values, for pods whose `spec.priority` the API server did not fill in.
@@ -620,20 +654,20 @@ fn schedule_one(shared: &Arc<Shared>, algorithm: &mut Algorithm, pod: Arc<PodInf
     }
     let result = algorithm.schedule(&pod, &mut cache);
     METRICS
-        .cycle_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        .algorithm_duration
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(placement) => {
             cache.assume(pod.clone(), &placement.node);
             drop(cache);
-            METRICS.attempts_scheduled.fetch_add(1, Ordering::Relaxed);
+            METRICS.attempt("scheduled");
             lock(&shared.queue).done(&pod.key, Outcome::Scheduled, Instant::now());
             tracing::debug!(pod = %pod.key, node = %placement.node, evaluated = placement.evaluated, feasible = placement.feasible, "assumed");
             tokio::spawn(bind(shared.clone(), pod, placement.node));
         }
         Err(ScheduleError::NoNodes) => {
             drop(cache);
-            METRICS.attempts_error.fetch_add(1, Ordering::Relaxed);
+            METRICS.attempt("error");
             lock(&shared.queue).done(&pod.key, Outcome::Error, Instant::now());
             let message = ScheduleError::NoNodes.to_string();
             tracing::info!(pod = %pod.key, "{message}");
@@ -658,9 +692,7 @@ fn schedule_one(shared: &Arc<Shared>, algorithm: &mut Algorithm, pod: Arc<PodInf
                 Err(msg) => fit.post_filter_msg = Some(msg),
             }
             drop(cache);
-            METRICS
-                .attempts_unschedulable
-                .fetch_add(1, Ordering::Relaxed);
+            METRICS.attempt("unschedulable");
             lock(&shared.queue).done(&pod.key, Outcome::Unschedulable(plugins), Instant::now());
             let message = fit.to_string();
             tracing::info!(pod = %pod.key, "unschedulable: {message}");
@@ -701,7 +733,7 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String) {
         .await;
     match result {
         Ok(_) => {
-            METRICS.binds.fetch_add(1, Ordering::Relaxed);
+            METRICS.binds.inc();
             shared.event(
                 &pod.pod,
                 EventType::Normal,
@@ -713,7 +745,7 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String) {
             );
         }
         Err(e) => {
-            METRICS.bind_failures.fetch_add(1, Ordering::Relaxed);
+            METRICS.bind_failures.inc();
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
             tracing::warn!(pod = %pod.key, node = %node, error = %e, "binding failed");
             lock(&shared.cache).forget(&pod.key);
@@ -818,7 +850,7 @@ async fn execute_preemption(
         }
         match api.delete(&victim.name, &DeleteParams::default()).await {
             Ok(_) => {
-                METRICS.preemption_victims.fetch_add(1, Ordering::Relaxed);
+                METRICS.preemption_victims.inc();
                 shared.event(
                     &victim.pod,
                     EventType::Normal,

@@ -28,6 +28,7 @@ pub async fn run(
     node_ip: IpAddr,
     service_ip: IpAddr,
     domain: String,
+    metrics: &apiserver::metrics::Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = dns::DnsConfig {
@@ -38,6 +39,7 @@ pub async fn run(
     let server = dns::DnsServer::bind(client.clone(), config, shutdown.clone())
         .await
         .with_context(|| format!("cannot serve cluster DNS on {node_ip}:53"))?;
+    metrics.register(|r| server.metrics().register(r));
     tracing::info!(address = %SocketAddr::new(node_ip, 53), service = %service_ip, %domain, upstreams = ?server.upstreams(), "cluster DNS is serving");
     let publish = {
         let shutdown = shutdown.clone();

@@ -107,6 +107,8 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
     let addr = server.local_addr()?;
+    let metrics = server.state().metrics.clone();
+    metrics.register(scheduler::register_metrics);
     let kubeconfig = config.data_dir.join("kubeconfig.yaml");
     write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
     tracing::info!(
@@ -137,10 +139,10 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
         let service_ip = flags.cluster_dns.split(',').next()?.trim().parse::<std::net::IpAddr>().ok()?;
         let node_name = flags.node_name.clone().unwrap_or_else(|| crate::config::hostname().to_lowercase());
         let node_ip = flags.node_ip.unwrap_or_else(node::detect_node_ip);
-        let (client, shutdown) = (client_for_node.clone(), shutdown.clone());
+        let (client, shutdown, metrics) = (client_for_node.clone(), shutdown.clone(), metrics.clone());
         let domain = flags.cluster_domain.trim_end_matches('.').to_string();
         Some(tokio::spawn(async move {
-            if let Err(e) = cluster_dns::run(client, node_name, node_ip, service_ip, domain, shutdown).await {
+            if let Err(e) = cluster_dns::run(client, node_name, node_ip, service_ip, domain, &metrics, shutdown).await {
                 tracing::error!("{e:#}");
             }
         }))
@@ -148,7 +150,7 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     // The Ingress controller on the built-in node's address.
     let ingress = config.node.clone().zip(config.ingress_ports).map(|(flags, (http, https))| {
         let node_ip = flags.node_ip.unwrap_or_else(node::detect_node_ip);
-        let (client, shutdown) = (client_for_node.clone(), shutdown.clone());
+        let (client, shutdown, metrics) = (client_for_node.clone(), shutdown.clone(), metrics.clone());
         tokio::spawn(async move {
             let config = ingress::IngressConfig {
                 http_listen: std::net::SocketAddr::new(node_ip, http),
@@ -158,6 +160,7 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
             };
             match ingress::IngressServer::bind(client, config).await {
                 Ok(server) => {
+                    metrics.register(|r| server.metrics().register(r));
                     tracing::info!(http = %server.http_addr(), https = ?server.https_addr(), "ingress controller is serving");
                     if let Err(e) = server.serve(shutdown).await {
                         tracing::error!(error = %e, "the ingress controller failed");
