@@ -127,6 +127,51 @@ pub struct SpreadConstraint {
     pub honor_node_affinity: bool,
     /// `nodeTaintsPolicy: Honor` (default Ignore): only nodes whose taints the pod tolerates.
     pub honor_node_taints: bool,
+    /// Only pods with this controller (owner UID) count: the cluster-level default
+    /// constraints select the pod's siblings, as upstream's `DefaultSelector` does through the
+    /// owning ReplicaSet, ReplicationController or StatefulSet.
+    pub owner: Option<String>,
+    /// One of the cluster-level defaults, not the pod's own: nodes missing its topology key
+    /// still score (upstream's `systemDefaulted` skips `requireAllTopologies`).
+    pub system_default: bool,
+}
+
+/// Upstream's system default spreading (`PodTopologySpreadArgs.defaultingType: System`):
+/// ScheduleAnyway, at most 3 apart per node and 5 per zone, for pods with no constraints of
+/// their own whose controller is a ReplicaSet, ReplicationController or StatefulSet.
+fn system_default_spread(pod: &Pod) -> Vec<SpreadConstraint> {
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .filter(|o| {
+            matches!(
+                o.kind.as_str(),
+                "ReplicaSet" | "ReplicationController" | "StatefulSet"
+            )
+        })
+    else {
+        return Vec::new();
+    };
+    [
+        ("kubernetes.io/hostname", 3),
+        ("topology.kubernetes.io/zone", 5),
+    ]
+    .into_iter()
+    .map(|(key, max_skew)| SpreadConstraint {
+        max_skew,
+        topology_key: key.to_string(),
+        hard: false,
+        selector: LabelSelector::everything(),
+        min_domains: 1,
+        honor_node_affinity: true,
+        honor_node_taints: false,
+        owner: Some(owner.uid.clone()),
+        system_default: true,
+    })
+    .collect()
 }
 
 /// A host port the pod asks for.
@@ -252,6 +297,8 @@ pub struct PodInfo {
     pub preferred_affinity: Vec<AffinityTerm>,
     pub preferred_anti_affinity: Vec<AffinityTerm>,
     pub spread: Vec<SpreadConstraint>,
+    /// The UID of the pod's controller (the ownerReference with `controller: true`).
+    pub controller_uid: Option<String>,
     /// Container images, normalised with `:latest` as upstream's ImageLocality does.
     pub images: Vec<String>,
 }
@@ -321,7 +368,7 @@ impl PodInfo {
         };
         let pod_aff = affinity.pod_affinity.unwrap_or_default();
         let pod_anti = affinity.pod_anti_affinity.unwrap_or_default();
-        let spread = spec
+        let spread: Vec<SpreadConstraint> = spec
             .topology_spread_constraints
             .iter()
             .flatten()
@@ -356,6 +403,8 @@ impl PodInfo {
                     min_domains: i64::from(c.min_domains.unwrap_or(1).max(1)),
                     honor_node_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
                     honor_node_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+                    owner: None,
+                    system_default: false,
                 }
             })
             .collect();
@@ -412,7 +461,17 @@ impl PodInfo {
             preferred_anti_affinity: parse_preferred(
                 pod_anti.preferred_during_scheduling_ignored_during_execution,
             ),
-            spread,
+            spread: if spread.is_empty() {
+                system_default_spread(&pod)
+            } else {
+                spread
+            },
+            controller_uid: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
             images,
             namespace,
             name,

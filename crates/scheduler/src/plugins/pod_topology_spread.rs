@@ -19,7 +19,14 @@ const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 fn count_on_node(c: &SpreadConstraint, pod: &PodInfo, node: &NodeInfo) -> i64 {
     node.pods
         .iter()
-        .filter(|p| p.namespace == pod.namespace && !p.terminating && c.selector.matches(&p.labels))
+        .filter(|p| {
+            p.namespace == pod.namespace
+                && !p.terminating
+                && c.selector.matches(&p.labels)
+                && c.owner
+                    .as_ref()
+                    .is_none_or(|o| p.controller_uid.as_ref() == Some(o))
+        })
         .count() as i64
 }
 
@@ -126,6 +133,8 @@ impl FilterState {
 /// PreScore state for the soft constraints.
 pub struct ScoreState<'a> {
     constraints: Vec<&'a SpreadConstraint>,
+    /// Every node must carry every key (false when all constraints are system defaults).
+    require_all: bool,
     weights: Vec<f64>,
     counts: Vec<HashMap<String, i64>>,
 }
@@ -139,9 +148,13 @@ pub fn pre_score<'a>(
     if soft.is_empty() {
         return None;
     }
+    let require_all = soft.iter().any(|c| !c.system_default);
     let mut domains: Vec<HashSet<&str>> = vec![HashSet::new(); soft.len()];
     let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); soft.len()];
-    for node in nodes.iter().filter(|n| has_all_keys(&soft, n)) {
+    for node in nodes
+        .iter()
+        .filter(|n| !require_all || has_all_keys(&soft, n))
+    {
         for (i, c) in soft.iter().enumerate() {
             if let Some(v) = node.labels.get(&c.topology_key) {
                 domains[i].insert(v);
@@ -152,7 +165,7 @@ pub fn pre_score<'a>(
         }
     }
     for node in cache.nodes() {
-        if !has_all_keys(&soft, node) {
+        if require_all && !has_all_keys(&soft, node) {
             continue;
         }
         for (i, c) in soft.iter().enumerate() {
@@ -181,6 +194,7 @@ pub fn pre_score<'a>(
         .collect();
     Some(ScoreState {
         constraints: soft,
+        require_all,
         weights,
         counts,
     })
@@ -191,12 +205,14 @@ impl ScoreState<'_> {
         let raw: Vec<Option<i64>> = nodes
             .iter()
             .map(|node| {
-                if !has_all_keys(&self.constraints, node) {
+                if self.require_all && !has_all_keys(&self.constraints, node) {
                     return None;
                 }
                 let mut score = 0.0;
                 for (i, c) in self.constraints.iter().enumerate() {
-                    let value = node.labels.get(&c.topology_key)?;
+                    let Some(value) = node.labels.get(&c.topology_key) else {
+                        continue;
+                    };
                     let cnt = if c.topology_key == HOSTNAME_LABEL {
                         count_on_node(c, pod, node)
                     } else {
@@ -293,5 +309,64 @@ mod tests {
             .scores(&p, &nodes);
         assert!(scores[1] > scores[0], "{scores:?}");
         assert_eq!(scores[1], MAX_NODE_SCORE);
+    }
+
+    fn owned(name: &str, node: Option<&str>, kind: &str, owner: &str) -> Arc<PodInfo> {
+        Arc::new(PodInfo::new(
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d",
+                    "labels": {"app": "web"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": owner,
+                        "uid": format!("uid-{owner}"), "controller": true}]},
+                    "spec": {"nodeName": node, "containers": []}}))
+                .expect("pod"),
+            ),
+            0,
+        ))
+    }
+
+    fn host(name: &str) -> Arc<k8s_openapi::api::core::v1::Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name,
+                "labels": {"kubernetes.io/hostname": name}},
+                "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "10"}}}))
+            .expect("node"),
+        )
+    }
+
+    #[test]
+    fn replicas_spread_over_nodes_by_default_counting_only_their_siblings() {
+        let mut cache = Cache::default();
+        for n in ["a", "b", "c"] {
+            cache.upsert_node(host(n));
+        }
+        cache.add_pod(owned("x0", Some("a"), "ReplicaSet", "x"));
+        cache.add_pod(owned("x1", Some("a"), "ReplicaSet", "x"));
+        // Same labels, another controller: not a sibling.
+        cache.add_pod(owned("y0", Some("b"), "ReplicaSet", "y"));
+        cache.add_pod(owned("y1", Some("b"), "ReplicaSet", "y"));
+        let p = owned("x2", None, "ReplicaSet", "x");
+        assert_eq!(p.spread.len(), 2, "hostname and zone defaults");
+        let nodes = [
+            cache.node("a").expect("a"),
+            cache.node("b").expect("b"),
+            cache.node("c").expect("c"),
+        ];
+        // No node has a zone label: the zone default skips rather than zeroing every node.
+        let scores = pre_score(&p, &nodes, &cache)
+            .expect("defaults")
+            .scores(&p, &nodes);
+        assert!(scores[1] > scores[0], "{scores:?}");
+        assert_eq!(scores[1], scores[2], "{scores:?}");
+        assert_eq!(scores[1], MAX_NODE_SCORE);
+    }
+
+    #[test]
+    fn only_replica_controllers_get_default_spreading() {
+        assert!(owned("j", None, "Job", "j").spread.is_empty());
+        assert!(owned("d", None, "DaemonSet", "d").spread.is_empty());
+        assert_eq!(owned("s", None, "StatefulSet", "s").spread.len(), 2);
+        // A pod's own constraints replace the defaults.
+        assert_eq!(pod("w", None, "ScheduleAnyway").spread.len(), 1);
     }
 }
